@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.redis_server import RedisServer
+from worldland.keys import Keys
+
+REPO = Path(__file__).resolve().parent.parent
+PROTOCOL = REPO.parent / "shared" / "protocol"
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    return redis_server.url
+
+
+@pytest.fixture
+def keys() -> Keys:
+    """A fresh key prefix per test: tests share one server but never each other's data."""
+    return Keys(prefix=f"test-{uuid.uuid4().hex[:8]}:")
+
+
+@pytest.fixture
+def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    yield client
+    client.close()
+
+
+def load_protocol(name: str) -> dict:
+    return json.loads((PROTOCOL / name).read_text())

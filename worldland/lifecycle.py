@@ -1,0 +1,61 @@
+"""Provider states and their legal transitions (pure: no I/O).
+
+The Redis store enforces this same table atomically; it is generated from ``TRANSITIONS``.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Status(StrEnum):
+    PENDING = "pending"
+    APPROVED = "approved"
+    JOINED = "joined"
+    AVAILABLE = "available"
+    OFFLINE = "offline"
+    REJECTED = "rejected"
+
+
+# States in which a provider is expected to heartbeat and may go Offline.
+LIVE_STATES = frozenset({Status.APPROVED, Status.JOINED, Status.AVAILABLE})
+
+TRANSITIONS: dict[Status, frozenset[Status]] = {
+    Status.PENDING: frozenset({Status.APPROVED, Status.REJECTED}),
+    # An operator may revoke an approval before the machine joins.
+    Status.APPROVED: frozenset({Status.JOINED, Status.OFFLINE, Status.REJECTED}),
+    Status.JOINED: frozenset({Status.AVAILABLE, Status.OFFLINE}),
+    # A node that loses readiness or its GPUs stops taking jobs but stays joined.
+    Status.AVAILABLE: frozenset({Status.JOINED, Status.OFFLINE}),
+    # Only back to the live state held before going Offline (checked against ``previous``).
+    Status.OFFLINE: LIVE_STATES,
+    # A corrected re-registration starts over.
+    Status.REJECTED: frozenset({Status.PENDING}),
+}
+
+
+class TransitionError(ValueError):
+    """An illegal state change; nothing was written."""
+
+    def __init__(self, provider_id: str, current: str | None, target: str, reason: str) -> None:
+        self.provider_id = provider_id
+        self.current = current
+        self.target = target
+        self.reason = reason
+        super().__init__(f"provider {provider_id!r}: cannot go from {current} to {target}: {reason}")
+
+
+def check_transition(
+    provider_id: str, current: Status, target: Status, previous: Status | None = None
+) -> None:
+    """Raise ``TransitionError`` unless ``current -> target`` is legal.
+
+    ``previous`` is the live state held before Offline; recovery must return to exactly it.
+    """
+    if target not in TRANSITIONS[current]:
+        allowed = ", ".join(sorted(TRANSITIONS[current])) or "nothing"
+        raise TransitionError(provider_id, current, target, f"{current} may only go to {allowed}")
+    if current is Status.OFFLINE and target != previous:
+        raise TransitionError(
+            provider_id, current, target, f"an offline provider returns to its previous state ({previous})"
+        )

@@ -1,0 +1,75 @@
+"""Names that leave this system: canonical GPU models, Kubernetes node names and label values."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+# Vendor and brand words carry no information about the product (DESIGN.md, "Names and labels").
+VENDOR_WORDS = frozenset({"nvidia", "geforce", "tesla", "quadro"})
+LABEL_VALUE_MAX = 63
+UNKNOWN_GPU_MODEL = "unknown"
+
+_LABEL_VALUE_RE = re.compile(r"^(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
+_NOT_LABEL_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+_NOT_DNS_CHARS = re.compile(r"[^a-z0-9-]+")
+_RUNS_OF_DASHES = re.compile(r"-{2,}")
+_DNS_LABEL_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def _digest(text: str, length: int) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:length]
+
+
+def is_label_value(value: str) -> bool:
+    """True when ``value`` is a valid Kubernetes label value (<= 63 chars, alphanumeric at both ends)."""
+    return len(value) <= LABEL_VALUE_MAX and bool(_LABEL_VALUE_RE.match(value))
+
+
+def label_value(text: str) -> str:
+    """``text`` as a valid label value: unchanged when already valid, else sanitised with a hash suffix.
+
+    The suffix keeps two different inputs from mapping to the same value after sanitising.
+    """
+    if is_label_value(text):
+        return text
+    cleaned = _RUNS_OF_DASHES.sub("-", _NOT_LABEL_CHARS.sub("-", text)).strip("-._")
+    suffix = _digest(text, 8)
+    cleaned = cleaned[: LABEL_VALUE_MAX - len(suffix) - 1].rstrip("-._")
+    return f"{cleaned}-{suffix}" if cleaned else suffix
+
+
+def canonical_gpu_model(name: str) -> str:
+    """The canonical model name used everywhere: labels, capacity maps, prices, inventory groups.
+
+    ``NVIDIA GeForce RTX 4090`` -> ``RTX-4090``; ``NVIDIA H100 80GB HBM3`` -> ``H100-80GB-HBM3``.
+    Vendor and brand words are dropped, the vendor's own case is kept, the rest joined by ``-``;
+    the result is always a valid label value.
+    """
+    words = [w for w in name.split() if w.lower() not in VENDOR_WORDS]
+    joined = _NOT_LABEL_CHARS.sub("-", "-".join(words))
+    value = _RUNS_OF_DASHES.sub("-", joined).strip("-._")
+    if not value:
+        return UNKNOWN_GPU_MODEL
+    if len(value) > LABEL_VALUE_MAX:
+        suffix = _digest(value, 6)
+        value = f"{value[: LABEL_VALUE_MAX - 7].rstrip('-._')}-{suffix}"
+    return value
+
+
+def gpu_model_group(model: str) -> str:
+    """Inventory group name for a canonical GPU model (``RTX-4090`` -> ``gpu_RTX_4090``)."""
+    return "gpu_" + re.sub(r"[^A-Za-z0-9_]", "_", model)
+
+
+def node_name(hostname: str, provider_id: str, attempt: int = 0) -> str:
+    """A valid Kubernetes node name (RFC 1123 label) for a provider: ``<hostname>-<hash of id>``.
+
+    ``attempt`` lengthens the hash suffix so a collision with another provider can be resolved.
+    """
+    suffix = _digest(provider_id, 6 + 2 * attempt)
+    base = _RUNS_OF_DASHES.sub("-", _NOT_DNS_CHARS.sub("-", hostname.lower())).strip("-")
+    base = base[: 63 - len(suffix) - 1].rstrip("-")
+    name = f"{base}-{suffix}" if base else f"node-{suffix}"
+    assert _DNS_LABEL_RE.match(name), name
+    return name
