@@ -52,6 +52,12 @@ def check_transition(
 
     ``previous`` is the live state held before Offline; recovery must return to exactly it.
     """
+    # Accept the plain strings a store reads back: "offline" is not Status.OFFLINE by identity.
+    try:
+        current, target = Status(current), Status(target)
+        previous = Status(previous) if previous is not None else None
+    except ValueError as exc:
+        raise TransitionError(provider_id, current, target, str(exc)) from None
     if target not in TRANSITIONS[current]:
         allowed = ", ".join(sorted(TRANSITIONS[current])) or "nothing"
         raise TransitionError(provider_id, current, target, f"{current} may only go to {allowed}")

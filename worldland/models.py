@@ -41,9 +41,9 @@ MAX_PRICE_PER_HOUR = 1_000_000.0
 MAX_ACTIVE_JOBS = 100_000
 MAX_USAGE = 1_000_000.0  # usage figures are informational; multi-core CPU percentages exceed 100
 
-PROVIDER_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-_HEX_ADDRESS_RE = re.compile(r"^0x[0-9a-fA-F]{40}$")
-_HOST_LABEL_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+PROVIDER_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}\Z")
+_HEX_ADDRESS_RE = re.compile(r"^0x[0-9a-fA-F]{40}\Z")
+_HOST_LABEL_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
 
 ALLOW_PRIVATE_IPS = "allow_private_ips"  # validation context key, set from the approval policy
 
@@ -87,7 +87,7 @@ def check_hostname(value: str) -> str:
     """RFC 1123 host name: dot-separated labels of letters, digits and inner hyphens."""
     if not value or len(value) > 253:
         raise ValueError("must be 1 to 253 characters")
-    for label in value.rstrip(".").split("."):
+    for label in value.removesuffix(".").split("."):  # one root dot at most
         if not _HOST_LABEL_RE.match(label):
             raise ValueError(
                 "must be an RFC 1123 host name: labels of 1-63 letters, digits and inner hyphens"
@@ -95,11 +95,18 @@ def check_hostname(value: str) -> str:
     return value
 
 
+def _refuse_scope_id(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> None:
+    # ipaddress accepts any text after "%" as an IPv6 zone ("2606:4700::1%{{ lookup(...) }}").
+    if getattr(address, "scope_id", None) is not None:
+        raise ValueError("must not carry an IPv6 zone (%...)")
+
+
 def check_public_ip(value: str, allow_private: bool) -> str:
     try:
         address = ipaddress.ip_address(value)
     except ValueError:
         raise ValueError("is not a valid IPv4 or IPv6 address") from None
+    _refuse_scope_id(address)
     never = ("is_unspecified", "is_loopback", "is_multicast", "is_link_local", "is_reserved")
     for attribute in never:
         if getattr(address, attribute):
@@ -177,9 +184,11 @@ class ProviderSpec(WireModel):
         if value in (None, ""):
             return None
         try:
-            return str(ipaddress.ip_address(value))
+            address = ipaddress.ip_address(value)
         except ValueError:
             raise ValueError("is not a valid IPv4 or IPv6 address") from None
+        _refuse_scope_id(address)
+        return str(address)
 
     @field_validator("gpus")
     @classmethod
@@ -396,6 +405,8 @@ def _to_message_error(error: ValidationError) -> MessageError:
 
 def parse_message(model: type[M], raw: bytes | str, *, allow_private_ips: bool = False) -> M:
     """Parse and validate one wire message; raise ``MessageError`` naming the field and the reason."""
+    if not isinstance(raw, str | bytes | bytearray):
+        raise MessageError("message", f"must be bytes or text, not {type(raw).__name__}")
     size = len(raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw)
     if size > MAX_MESSAGE_BYTES:
         raise MessageError("message", f"is {size} bytes; at most {MAX_MESSAGE_BYTES} are accepted")

@@ -9,12 +9,13 @@ import re
 VENDOR_WORDS = frozenset({"nvidia", "geforce", "tesla", "quadro"})
 LABEL_VALUE_MAX = 63
 UNKNOWN_GPU_MODEL = "unknown"
+MAX_NODE_NAME_ATTEMPT = 20  # the suffix grows 2 hex digits per attempt and must leave room
 
-_LABEL_VALUE_RE = re.compile(r"^(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
+_LABEL_VALUE_RE = re.compile(r"^(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]*[A-Za-z0-9])?)?\Z")
 _NOT_LABEL_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 _NOT_DNS_CHARS = re.compile(r"[^a-z0-9-]+")
 _RUNS_OF_DASHES = re.compile(r"-{2,}")
-_DNS_LABEL_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+_DNS_LABEL_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
 
 
 def _digest(text: str, length: int) -> str:
@@ -46,8 +47,10 @@ def canonical_gpu_model(name: str) -> str:
     Vendor and brand words are dropped, the vendor's own case is kept, the rest joined by ``-``;
     the result is always a valid label value.
     """
-    words = [w for w in name.split() if w.lower() not in VENDOR_WORDS]
-    joined = _NOT_LABEL_CHARS.sub("-", "-".join(words))
+    # Clean each word before the vendor check, so "NVIDIA," is dropped too and the result is idempotent
+    # (before, "NVIDIA-" became "NVIDIA", which in turn became "unknown").
+    words = [_NOT_LABEL_CHARS.sub("-", w).strip("-._") for w in name.split()]
+    joined = "-".join(w for w in words if w and w.lower() not in VENDOR_WORDS)
     value = _RUNS_OF_DASHES.sub("-", joined).strip("-._")
     if not value:
         return UNKNOWN_GPU_MODEL
@@ -67,6 +70,8 @@ def node_name(hostname: str, provider_id: str, attempt: int = 0) -> str:
 
     ``attempt`` lengthens the hash suffix so a collision with another provider can be resolved.
     """
+    if not 0 <= attempt <= MAX_NODE_NAME_ATTEMPT:
+        raise ValueError(f"attempt must be 0 to {MAX_NODE_NAME_ATTEMPT}, not {attempt}")
     suffix = _digest(provider_id, 6 + 2 * attempt)
     base = _RUNS_OF_DASHES.sub("-", _NOT_DNS_CHARS.sub("-", hostname.lower())).strip("-")
     base = base[: 63 - len(suffix) - 1].rstrip("-")
