@@ -31,7 +31,7 @@ pytest: install
 
 # Benchmarks on a private redis-server; results go to docs/benchmarks.md by hand, figures in one run.
 bench: install
-	$(BIN)/python -m worldland.bench all
+	$(BIN)/python -m bench all
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis build *.egg-info

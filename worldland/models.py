@@ -70,7 +70,9 @@ def eip55_checksum(address: str) -> str:
     """The EIP-55 mixed-case form of a ``0x`` + 40 hex digit address."""
     lower = address[2:].lower()
     digest = keccak.new(digest_bits=256, data=lower.encode("ascii")).hexdigest()
-    return "0x" + "".join(c.upper() if int(d, 16) >= 8 else c for c, d in zip(lower, digest[:40], strict=True))
+    return "0x" + "".join(
+        c.upper() if int(d, 16) >= 8 else c for c, d in zip(lower, digest[:40], strict=True)
+    )
 
 
 def check_wallet_address(value: str) -> str:
@@ -337,7 +339,11 @@ class CapacityUpdate(WireModel):
     def _accept_flat(cls, data: Any) -> Any:
         if isinstance(data, dict) and "capacity" not in data:
             flat = {k: v for k, v in data.items() if k not in ("provider_id", "timestamp")}
-            return {"provider_id": data.get("provider_id"), "timestamp": data.get("timestamp"), "capacity": flat}
+            return {
+                "provider_id": data.get("provider_id"),
+                "timestamp": data.get("timestamp"),
+                "capacity": flat,
+            }
         return data
 
 

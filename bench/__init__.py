@@ -1,0 +1,1 @@
+"""Benchmark commands (``python -m bench NAME``); `make bench` runs them all."""

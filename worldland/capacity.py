@@ -1,0 +1,550 @@
+"""The capacity ledger: what each provider offers, what rental jobs hold, and what mines.
+
+Per provider and per canonical GPU model ``total = available + in_use + mining`` always holds; CPU
+cores and memory (MiB) keep ``total = available + in_use``. Every change is one Lua script, so it is
+atomic in Redis and concurrent allocators can never oversubscribe (DESIGN.md, "Capacity").
+
+Layout (names from ``worldland.keys.Keys``; all values are integers):
+
+- ``keys.capacity(provider_id)``, a hash: ``gpu:<model>:total``, ``gpu:<model>:available``,
+  ``gpu:<model>:in_use``, ``gpu:<model>:mining`` per canonical model, and ``cpu:total``,
+  ``cpu:available``, ``cpu:in_use``, ``mem:total``, ``mem:available``, ``mem:in_use``.
+- ``keys.job(job_id)``, a hash: ``provider``, ``model`` (empty when the job takes no GPU), ``gpus``,
+  ``from_mining`` (how many of its GPUs were taken from mining), ``cpu``, ``memory_mb``.
+- ``keys.provider_jobs(provider_id)``, a set: the ids of the jobs holding that provider's resources.
+
+Allocation also reads the ``status`` field of ``keys.provider(provider_id)``: only a provider in
+status ``available`` takes jobs. Every script receives all the keys it touches in ``KEYS``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import redis
+
+from worldland.keys import Keys
+from worldland.lifecycle import Status
+from worldland.models import MAX_CPU_CORES, MAX_GPUS, MAX_MEMORY_MB, PROVIDER_ID_RE
+from worldland.names import canonical_gpu_model
+
+JOB_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+MAX_MODEL_NAME = 128
+_RELEASE_ATTEMPTS = 8
+
+
+class CapacityError(ValueError):
+    """A capacity change was refused; nothing was written. The message names the resource and why."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Snapshots
+
+
+@dataclass(frozen=True, slots=True)
+class GpuCapacity:
+    """One GPU model of one provider: ``total = available + in_use + mining``."""
+
+    total: int = 0
+    available: int = 0
+    in_use: int = 0
+    mining: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class PoolCapacity:
+    """CPU cores or memory (MiB) of one provider: ``total = available + in_use``."""
+
+    total: int = 0
+    available: int = 0
+    in_use: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Capacity:
+    """A snapshot of one provider's ledger. ``cpu`` counts cores, ``memory`` counts MiB."""
+
+    provider_id: str
+    gpus: dict[str, GpuCapacity] = field(default_factory=dict)
+    cpu: PoolCapacity = PoolCapacity()
+    memory: PoolCapacity = PoolCapacity()
+
+    def gpu(self, model: str) -> GpuCapacity:
+        """The ledger of one GPU model (any spelling; zeros when not offered)."""
+        return self.gpus.get(canonical_gpu_model(model), GpuCapacity())
+
+    @property
+    def empty(self) -> bool:
+        """True when the provider has no ledger (or offers nothing)."""
+        return not self.gpus and self.cpu == PoolCapacity() and self.memory == PoolCapacity()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "provider_id": self.provider_id,
+            "gpus": {model: gpu.to_dict() for model, gpu in sorted(self.gpus.items())},
+            "cpu": self.cpu.to_dict(),
+            "memory": self.memory.to_dict(),
+        }
+
+    @classmethod
+    def from_hash(cls, provider_id: str, raw: Mapping[Any, Any]) -> Capacity:
+        """Build a snapshot from the ledger hash as ``HGETALL`` returns it (str or bytes)."""
+        gpu_fields: dict[str, dict[str, int]] = {}
+        pools: dict[str, dict[str, int]] = {"cpu": {}, "mem": {}}
+        for name, value in raw.items():
+            name, value = _text(name), int(_text(value))
+            kind, _, rest = name.partition(":")
+            if kind == "gpu":
+                model, _, part = rest.rpartition(":")
+                if model and part in GpuCapacity.__dataclass_fields__:
+                    gpu_fields.setdefault(model, {})[part] = value
+            elif kind in pools and rest in PoolCapacity.__dataclass_fields__:
+                pools[kind][rest] = value
+        return cls(
+            provider_id=provider_id,
+            gpus={model: GpuCapacity(**parts) for model, parts in sorted(gpu_fields.items())},
+            cpu=PoolCapacity(**pools["cpu"]),
+            memory=PoolCapacity(**pools["mem"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Allocation:
+    """What one job took: ``from_mining`` of its ``gpus`` were taken away from mining."""
+
+    job_id: str
+    provider_id: str
+    model: str | None
+    gpus: int
+    from_mining: int
+    cpu_cores: int
+    memory_mb: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def same_request(self, other: Allocation) -> bool:
+        """True when both ask the same provider for the same resources (``from_mining`` aside)."""
+        return (self.provider_id, self.model, self.gpus, self.cpu_cores, self.memory_mb) == (
+            other.provider_id, other.model, other.gpus, other.cpu_cores, other.memory_mb
+        )
+
+    def describe(self) -> str:
+        parts = []
+        if self.gpus:
+            parts.append(f"{self.gpus} {self.model} GPU(s)")
+        parts.append(f"{self.cpu_cores} CPU core(s)")
+        parts.append(f"{self.memory_mb} MiB memory")
+        return f"{', '.join(parts)} on provider {self.provider_id}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Lua scripts. They return {"ok", ...} or {"err", message}: refusals are values, not Redis errors.
+
+_SET_TOTALS = """
+-- KEYS[1] capacity hash. ARGV: provider_id, cpu_total, mem_total, then model, total pairs.
+local cap = KEYS[1]
+local pid = ARGV[1]
+local cpu_total, mem_total = tonumber(ARGV[2]), tonumber(ARGV[3])
+local h = {}
+local flat = redis.call('HGETALL', cap)
+for i = 1, #flat, 2 do h[flat[i]] = tonumber(flat[i + 1]) or 0 end
+local function g(f) return h[f] or 0 end
+
+local want, models, seen = {}, {}, {}
+for i = 4, #ARGV, 2 do
+  want[ARGV[i]] = tonumber(ARGV[i + 1])
+  if not seen[ARGV[i]] then seen[ARGV[i]] = true; table.insert(models, ARGV[i]) end
+end
+for f, _ in pairs(h) do
+  local m = string.match(f, '^gpu:(.+):total$')
+  if m and not seen[m] then seen[m] = true; table.insert(models, m) end
+end
+table.sort(models)
+
+local errors = {}
+for _, m in ipairs(models) do
+  local new, used = want[m] or 0, g('gpu:' .. m .. ':in_use')
+  if new < used then
+    table.insert(errors, string.format(
+      'cannot set the %s GPU total to %d: %d in use by jobs', m, new, used))
+  end
+end
+if cpu_total < g('cpu:in_use') then
+  table.insert(errors, string.format(
+    'cannot set the CPU core total to %d: %d in use by jobs', cpu_total, g('cpu:in_use')))
+end
+if mem_total < g('mem:in_use') then
+  table.insert(errors, string.format(
+    'cannot set the memory total to %d MiB: %d MiB in use by jobs', mem_total, g('mem:in_use')))
+end
+if #errors > 0 then
+  return {'err', 'provider ' .. pid .. ': ' .. table.concat(errors, '; ')}
+end
+
+for _, m in ipairs(models) do
+  local p = 'gpu:' .. m .. ':'
+  local new = want[m] or 0
+  local t, a, u, mi = g(p .. 'total'), g(p .. 'available'), g(p .. 'in_use'), g(p .. 'mining')
+  if new == 0 and u == 0 then
+    redis.call('HDEL', cap, p .. 'total', p .. 'available', p .. 'in_use', p .. 'mining')
+  else
+    if new >= t then
+      a = a + (new - t)
+    else
+      local shrink = t - new
+      local take = math.min(a, shrink)
+      a = a - take
+      mi = mi - (shrink - take)
+    end
+    redis.call('HSET', cap, p .. 'total', new, p .. 'available', a, p .. 'in_use', u, p .. 'mining', mi)
+  end
+end
+redis.call('HSET', cap,
+  'cpu:total', cpu_total, 'cpu:available', cpu_total - g('cpu:in_use'), 'cpu:in_use', g('cpu:in_use'),
+  'mem:total', mem_total, 'mem:available', mem_total - g('mem:in_use'), 'mem:in_use', g('mem:in_use'))
+return {'ok'}
+"""
+
+_ALLOCATE = """
+-- KEYS: capacity hash, provider record, job hash, provider's job set.
+-- ARGV: job_id, provider_id, model ('' for none), gpus, cpu cores, memory MiB, required status.
+local cap, prov, job, pjobs = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local job_id, pid, model = ARGV[1], ARGV[2], ARGV[3]
+local gpus, cpu, mem = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+
+if redis.call('EXISTS', job) == 1 then
+  local j = redis.call('HMGET', job, 'provider', 'model', 'gpus', 'from_mining', 'cpu', 'memory_mb')
+  return {'existing', j[1] or '', j[2] or '', j[3] or '0', j[4] or '0', j[5] or '0', j[6] or '0'}
+end
+
+local status = redis.call('HGET', prov, 'status')
+if not status then
+  return {'err', 'provider ' .. pid .. ' is not registered; jobs go only to available providers'}
+end
+if status ~= ARGV[7] then
+  return {'err', 'provider ' .. pid .. ' is ' .. status .. ', not ' .. ARGV[7] ..
+    '; jobs go only to available providers'}
+end
+
+local function num(f) return tonumber(redis.call('HGET', cap, f)) or 0 end
+local p = 'gpu:' .. model .. ':'
+local a, mi, u = 0, 0, 0
+if gpus > 0 then a, mi, u = num(p .. 'available'), num(p .. 'mining'), num(p .. 'in_use') end
+local cpu_a, cpu_u = num('cpu:available'), num('cpu:in_use')
+local mem_a, mem_u = num('mem:available'), num('mem:in_use')
+
+local short = {}
+if gpus > a + mi then
+  table.insert(short, string.format('has %d %s GPU free for rental (%d available + %d mining), job needs %d',
+    a + mi, model, a, mi, gpus))
+end
+if cpu > cpu_a then
+  table.insert(short, string.format('has %d CPU cores available, job needs %d', cpu_a, cpu))
+end
+if mem > mem_a then
+  table.insert(short, string.format('has %d MiB memory available, job needs %d MiB', mem_a, mem))
+end
+if #short > 0 then
+  return {'err', 'provider ' .. pid .. ' ' .. table.concat(short, '; ')}
+end
+
+local from_available = math.min(a, gpus)
+local from_mining = gpus - from_available
+if gpus > 0 then
+  redis.call('HSET', cap, p .. 'available', a - from_available, p .. 'mining', mi - from_mining,
+    p .. 'in_use', u + gpus)
+end
+if cpu > 0 then redis.call('HSET', cap, 'cpu:available', cpu_a - cpu, 'cpu:in_use', cpu_u + cpu) end
+if mem > 0 then redis.call('HSET', cap, 'mem:available', mem_a - mem, 'mem:in_use', mem_u + mem) end
+redis.call('HSET', job, 'provider', pid, 'model', model, 'gpus', gpus, 'from_mining', from_mining,
+  'cpu', cpu, 'memory_mb', mem)
+redis.call('SADD', pjobs, job_id)
+return {'ok', tostring(from_mining)}
+"""
+
+_RELEASE = """
+-- KEYS: job hash, capacity hash, provider's job set. ARGV: job_id, provider_id the caller read.
+local job, cap, pjobs = KEYS[1], KEYS[2], KEYS[3]
+local j = redis.call('HMGET', job, 'provider', 'model', 'gpus', 'from_mining', 'cpu', 'memory_mb')
+if not j[1] then return {'none'} end
+if j[1] ~= ARGV[2] then return {'moved', j[1]} end
+
+local function give_back(used_field, free_field, n)
+  if n <= 0 then return end
+  local used = tonumber(redis.call('HGET', cap, used_field))
+  if not used then return end
+  local back = math.min(used, n)
+  local free = tonumber(redis.call('HGET', cap, free_field)) or 0
+  redis.call('HSET', cap, used_field, used - back, free_field, free + back)
+end
+local model = j[2] or ''
+if model ~= '' then
+  give_back('gpu:' .. model .. ':in_use', 'gpu:' .. model .. ':available', tonumber(j[3]) or 0)
+end
+give_back('cpu:in_use', 'cpu:available', tonumber(j[5]) or 0)
+give_back('mem:in_use', 'mem:available', tonumber(j[6]) or 0)
+redis.call('DEL', job)
+redis.call('SREM', pjobs, ARGV[1])
+return {'released', j[1], model, j[3] or '0', j[4] or '0', j[5] or '0', j[6] or '0'}
+"""
+
+_SET_MINING = """
+-- KEYS[1] capacity hash. ARGV: provider_id, model, count.
+local cap, pid, m, count = KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3])
+local p = 'gpu:' .. m .. ':'
+local t = tonumber(redis.call('HGET', cap, p .. 'total'))
+if not t then
+  if count == 0 then return {'ok'} end
+  return {'err', string.format('provider %s offers no %s GPUs, cannot mine %d', pid, m, count)}
+end
+local a = tonumber(redis.call('HGET', cap, p .. 'available')) or 0
+local mi = tonumber(redis.call('HGET', cap, p .. 'mining')) or 0
+local u = tonumber(redis.call('HGET', cap, p .. 'in_use')) or 0
+if count > mi then
+  local need = count - mi
+  if need > a then
+    return {'err', string.format(
+      'provider %s has %d idle %s GPU (%d total: %d in use, %d mining), cannot raise mining from %d to %d',
+      pid, a, m, t, u, mi, mi, count)}
+  end
+  a = a - need
+else
+  a = a + (mi - count)
+end
+redis.call('HSET', cap, p .. 'available', a, p .. 'mining', count)
+return {'ok'}
+"""
+
+
+# --------------------------------------------------------------------------------------------------
+# Argument checks (before anything reaches Redis)
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes | bytearray) else str(value)
+
+
+def _check_count(name: str, value: object, maximum: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise CapacityError(f"{name}: must be an integer, got {type(value).__name__}")
+    if not 0 <= value <= maximum:
+        raise CapacityError(f"{name}: must be from 0 to {maximum}, got {value}")
+    return value
+
+
+def _check_provider_id(value: object) -> str:
+    if not isinstance(value, str) or not PROVIDER_ID_RE.match(value):
+        raise CapacityError(f"provider_id: must be 1 to 128 characters of letters, digits and . _ : -, "
+                            f"got {value!r:.80}")
+    return value
+
+
+def _check_job_id(value: object) -> str:
+    if not isinstance(value, str) or not JOB_ID_RE.match(value):
+        raise CapacityError(f"job_id: must be 1 to 128 characters of letters, digits and . _ : -, "
+                            f"got {value!r:.80}")
+    return value
+
+
+def _check_model(name: str, value: object) -> str:
+    if not isinstance(value, str) or not value.strip() or len(value) > MAX_MODEL_NAME:
+        raise CapacityError(f"{name}: must be a GPU model name of 1 to {MAX_MODEL_NAME} characters, "
+                            f"got {value!r:.80}")
+    return canonical_gpu_model(value)
+
+
+def _check_gpu_totals(gpus: object) -> dict[str, int]:
+    if not isinstance(gpus, Mapping):
+        raise CapacityError(f"gpus: must be a mapping of GPU model to count, got {type(gpus).__name__}")
+    totals: dict[str, int] = {}
+    for name, count in gpus.items():
+        model = _check_model("gpus", name)
+        totals[model] = totals.get(model, 0) + _check_count(f"gpus[{name!r}]", count, MAX_GPUS)
+    if sum(totals.values()) > MAX_GPUS:
+        raise CapacityError(f"gpus: adds up to {sum(totals.values())} GPUs; at most {MAX_GPUS}")
+    return totals
+
+
+def _allocation(job_id: str, reply: list[Any]) -> Allocation:
+    """An Allocation from a script's ``provider, model, gpus, from_mining, cpu, memory`` reply."""
+    provider, model, gpus, from_mining, cpu, memory = (_text(v) for v in reply)
+    return Allocation(job_id, provider, model or None, int(gpus), int(from_mining), int(cpu), int(memory))
+
+
+# --------------------------------------------------------------------------------------------------
+# The ledger
+
+
+class CapacityLedger:
+    """The capacity ledger of all providers in one Redis (one ``Keys`` prefix).
+
+    Thread safety: a ledger may be shared between threads as far as its redis client allows (redis-py
+    clients are thread safe); atomicity comes from Redis, never from Python-side locks.
+    """
+
+    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+        self.client = client
+        self.keys = keys
+        self._set_totals = client.register_script(_SET_TOTALS)
+        self._allocate = client.register_script(_ALLOCATE)
+        self._release = client.register_script(_RELEASE)
+        self._set_mining = client.register_script(_SET_MINING)
+
+    # -- writes ----------------------------------------------------------------------------------
+
+    def set_totals(
+        self, provider_id: str, gpus: Mapping[str, int], cpu_cores: int, memory_mb: int
+    ) -> Capacity:
+        """Set or replace what a provider offers; returns the new snapshot.
+
+        GPU model names are canonicalised (two spellings of one model add up). Growing a total adds
+        to ``available``; shrinking takes from ``available`` first, then from ``mining``; a total
+        below what jobs hold is refused (``CapacityError``, nothing written). Models left out (or
+        given as 0) with nothing in use disappear from the ledger.
+        """
+        provider_id = _check_provider_id(provider_id)
+        totals = _check_gpu_totals(gpus)
+        cpu_cores = _check_count("cpu_cores", cpu_cores, MAX_CPU_CORES)
+        memory_mb = _check_count("memory_mb", memory_mb, MAX_MEMORY_MB)
+        args: list[Any] = [provider_id, cpu_cores, memory_mb]
+        for model, count in totals.items():
+            args += [model, count]
+        self._run(self._set_totals, [self.keys.capacity(provider_id)], args)
+        return self.get(provider_id)
+
+    def allocate(
+        self,
+        job_id: str,
+        provider_id: str,
+        model: str | None,
+        gpus: int,
+        cpu_cores: int,
+        memory_mb: int,
+    ) -> Allocation:
+        """Take a job's GPUs, CPU cores and memory from one provider, all or nothing.
+
+        Only a provider in status ``available`` takes jobs. Available GPUs are taken first, then
+        mining ones (mining yields to rental); the allocation records how many came from mining.
+        Allocating a job id again with the identical request returns the original allocation; with a
+        different request it is refused. ``model`` may be None only when ``gpus`` is 0.
+        """
+        job_id = _check_job_id(job_id)
+        provider_id = _check_provider_id(provider_id)
+        gpus = _check_count("gpus", gpus, MAX_GPUS)
+        cpu_cores = _check_count("cpu_cores", cpu_cores, MAX_CPU_CORES)
+        memory_mb = _check_count("memory_mb", memory_mb, MAX_MEMORY_MB)
+        if model is None:
+            if gpus:
+                raise CapacityError(f"model: is required when gpus is {gpus}")
+        else:
+            model = _check_model("model", model)
+        request = Allocation(job_id, provider_id, model, gpus, 0, cpu_cores, memory_mb)
+        keys = [
+            self.keys.capacity(provider_id),
+            self.keys.provider(provider_id),
+            self.keys.job(job_id),
+            self.keys.provider_jobs(provider_id),
+        ]
+        args = [job_id, provider_id, model or "", gpus, cpu_cores, memory_mb, Status.AVAILABLE.value]
+        reply = self._run(self._allocate, keys, args)
+        if _text(reply[0]) == "existing":
+            held = _allocation(job_id, reply[1:])
+            if held.same_request(request):
+                return held
+            raise CapacityError(
+                f"job_id: job {job_id} already holds {held.describe()}; a different request "
+                f"({request.describe()}) cannot reuse its id"
+            )
+        return Allocation(job_id, provider_id, model, gpus, int(_text(reply[1])), cpu_cores, memory_mb)
+
+    def release(self, job_id: str) -> Allocation | None:
+        """Give a job's resources back (its GPUs become available); None when it holds nothing.
+
+        Idempotent: releasing an unknown or already released job changes nothing.
+        """
+        job_id = _check_job_id(job_id)
+        job_key = self.keys.job(job_id)
+        for _ in range(_RELEASE_ATTEMPTS):
+            provider = self.client.hget(job_key, "provider")
+            if provider is None:
+                return None
+            provider_id = _text(provider)
+            keys = [job_key, self.keys.capacity(provider_id), self.keys.provider_jobs(provider_id)]
+            reply = self._run(self._release, keys, [job_id, provider_id])
+            outcome = _text(reply[0])
+            if outcome == "none":
+                return None
+            if outcome == "released":
+                return _allocation(job_id, reply[1:])
+            # "moved": released and re-allocated elsewhere between our read and the script; read again.
+        raise CapacityError(f"job_id: job {job_id} kept moving between providers; release it again")
+
+    def set_mining(self, provider_id: str, model: str, count: int) -> Capacity:
+        """Set how many GPUs of a model mine; returns the new snapshot.
+
+        Raising it takes idle (available) GPUs only, never GPUs in use by jobs; lowering it returns
+        mining GPUs to available.
+        """
+        provider_id = _check_provider_id(provider_id)
+        model = _check_model("model", model)
+        count = _check_count("count", count, MAX_GPUS)
+        self._run(self._set_mining, [self.keys.capacity(provider_id)], [provider_id, model, count])
+        return self.get(provider_id)
+
+    # -- reads -----------------------------------------------------------------------------------
+
+    def get(self, provider_id: str) -> Capacity:
+        """A snapshot of one provider's ledger (all zeros when it has none)."""
+        provider_id = _check_provider_id(provider_id)
+        return Capacity.from_hash(provider_id, self.client.hgetall(self.keys.capacity(provider_id)))
+
+    def get_many(self, provider_ids: Iterable[str]) -> dict[str, Capacity]:
+        """Snapshots of many providers in one pipeline round trip, keyed by provider id."""
+        ids = [_check_provider_id(pid) for pid in provider_ids]
+        pipe = self.client.pipeline(transaction=False)
+        for pid in ids:
+            pipe.hgetall(self.keys.capacity(pid))
+        return {pid: Capacity.from_hash(pid, raw) for pid, raw in zip(ids, pipe.execute(), strict=True)}
+
+    def get_job(self, job_id: str) -> Allocation | None:
+        """What a job holds, or None when it holds nothing."""
+        job_id = _check_job_id(job_id)
+        raw = self.client.hgetall(self.keys.job(job_id))
+        if not raw:
+            return None
+        fields = {_text(k): _text(v) for k, v in raw.items()}
+        names = ("provider", "model", "gpus", "from_mining", "cpu", "memory_mb")
+        return _allocation(job_id, [fields.get(name, "" if name in ("provider", "model") else "0")
+                                    for name in names])
+
+    def jobs(self, provider_id: str) -> list[Allocation]:
+        """The jobs holding a provider's resources, sorted by job id (one pipeline round trip)."""
+        provider_id = _check_provider_id(provider_id)
+        job_ids = sorted(_text(j) for j in self.client.smembers(self.keys.provider_jobs(provider_id)))
+        pipe = self.client.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hmget(self.keys.job(job_id), "provider", "model", "gpus", "from_mining", "cpu", "memory_mb")
+        held = []
+        for job_id, values in zip(job_ids, pipe.execute(), strict=True):
+            if values[0] is not None:
+                held.append(_allocation(job_id, [v if v is not None else "0" for v in values]))
+        return held
+
+    # -- plumbing --------------------------------------------------------------------------------
+
+    @staticmethod
+    def _run(script: Any, keys: list[str], args: list[Any]) -> list[Any]:
+        reply = script(keys=keys, args=args)
+        if _text(reply[0]) == "err":
+            raise CapacityError(_text(reply[1]))
+        return reply

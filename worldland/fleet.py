@@ -1,0 +1,89 @@
+"""The fleet: one entry point over the store, heartbeat index and capacity ledger.
+
+The CLI, the listener and the plugins go through here, so a registration always lands in the
+store and the ledger together, and a provider is always described the same way.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from worldland.capacity import CapacityLedger
+from worldland.heartbeats import HeartbeatIndex
+from worldland.keys import Keys
+from worldland.lifecycle import Status
+from worldland.models import RegistrationRequest
+from worldland.store import Clock, ProviderStore, TransitionResult, UpsertResult, iso_time
+
+MAX_REASON_LENGTH = 512
+
+
+@dataclass
+class Fleet:
+    client: redis.Redis
+    keys: Keys
+    store: ProviderStore
+    heartbeats: HeartbeatIndex
+    ledger: CapacityLedger
+
+    @classmethod
+    def open(cls, client: redis.Redis, keys: Keys | None = None, clock: Clock = time.time) -> Fleet:
+        keys = keys or Keys()
+        return cls(
+            client=client,
+            keys=keys,
+            store=ProviderStore(client, keys, clock),
+            heartbeats=HeartbeatIndex(client, keys, clock),
+            ledger=CapacityLedger(client, keys),
+        )
+
+    def register(self, request: RegistrationRequest) -> UpsertResult:
+        """Store a validated registration and the capacity it offers; idempotent by provider id.
+
+        The ledger is set before the record is written, so a capacity the ledger refuses (a total
+        below what running jobs use) leaves the stored registration untouched.
+        """
+        self.ledger.set_totals(
+            request.provider_id,
+            request.offered_gpus(),
+            request.offered_cpu_cores(),
+            request.offered_memory_mb(),
+        )
+        return self.store.upsert_registration(request)
+
+    def approve(self, provider_id: str) -> TransitionResult:
+        return self.store.transition(provider_id, Status.APPROVED, reason="approved")
+
+    def reject(self, provider_id: str, reason: str) -> TransitionResult:
+        reason = reason.strip()
+        if not reason:
+            raise ValueError("reason: must not be empty; the provider is told why it was rejected")
+        if len(reason) > MAX_REASON_LENGTH:
+            raise ValueError(f"reason: at most {MAX_REASON_LENGTH} characters")
+        return self.store.transition(provider_id, Status.REJECTED, reason=reason)
+
+    def describe(self, statuses: list[Status] | None = None) -> list[dict[str, Any]]:
+        """Providers as plain dicts (record, last heartbeat, capacity); a few pipelined round trips."""
+        return self._describe(self.store.list(statuses))
+
+    def describe_one(self, provider_id: str) -> dict[str, Any]:
+        return self._describe([self.store.require(provider_id)])[0]
+
+    def _describe(self, records: list[Any]) -> list[dict[str, Any]]:
+        ids = [r.provider_id for r in records]
+        beats = self.heartbeats.last_beats(ids)
+        capacities = self.ledger.get_many(ids)
+        described = []
+        for record in records:
+            beat = beats.get(record.provider_id)
+            capacity = capacities.get(record.provider_id)
+            item = record.to_dict()
+            item["last_heartbeat"] = iso_time(beat.received_at) if beat else None
+            item["heartbeat"] = beat.to_dict() if beat else None
+            item["capacity"] = capacity.to_dict() if capacity else None
+            described.append(item)
+        return described
