@@ -12,7 +12,7 @@ from tests.redis_server import RedisServer
 from worldland.keys import Keys
 
 REPO = Path(__file__).resolve().parent.parent
-# Copies of ../shared/protocol/ (test_protocol_copies checks they still match when shared/ is beside the repo).
+# Copies of ../shared/protocol/; a test checks they still match when shared/ is beside the repo.
 PROTOCOL = REPO / "tests" / "data" / "protocol"
 SHARED_PROTOCOL = REPO.parent / "shared" / "protocol"
 

@@ -38,8 +38,15 @@ def registration_dict(
             "cpu_threads": cpu_cores * 2,
             "total_memory_mb": memory_mb,
             "gpus": [
-                {"index": i, "name": gpu_name, "memory_mb": 24576, "uuid": f"GPU-{provider_id}-{i}"[:64],
-                 "driver_ver": "550.54.15", "cuda_version": "12.4", "pci_bus_id": f"00000000:{i:02X}:00.0"}
+                {
+                    "index": i,
+                    "name": gpu_name,
+                    "memory_mb": 24576,
+                    "uuid": f"GPU-{provider_id}-{i}"[:64],
+                    "driver_ver": "550.54.15",
+                    "cuda_version": "12.4",
+                    "pci_bus_id": f"00000000:{i:02X}:00.0",
+                }
                 for i in range(gpus)
             ],
             "total_gpus": gpus,

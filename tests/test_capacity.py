@@ -27,6 +27,7 @@ from worldland.capacity import (
     CapacityError,
     CapacityLedger,
     GpuCapacity,
+    JobRequest,
     PoolCapacity,
 )
 from worldland.keys import Keys
@@ -98,7 +99,12 @@ def test_allocate_release_round_trip(ledger: CapacityLedger, provider: str, redi
     assert ledger.get_job("job-1") == alloc
     assert ledger.jobs(provider) == [alloc]
     assert redis_client.hgetall(keys.job("job-1")) == {
-        "provider": P, "model": GPU, "gpus": "2", "from_mining": "0", "cpu": "8", "memory_mb": "16384",
+        "provider": P,
+        "model": GPU,
+        "gpus": "2",
+        "from_mining": "0",
+        "cpu": "8",
+        "memory_mb": "16384",
     }
 
     assert ledger.release("job-1") == alloc
@@ -187,6 +193,18 @@ def test_release_is_idempotent(ledger: CapacityLedger, provider: str) -> None:
     assert ledger.get(provider) == after
 
 
+def test_release_with_provider_hint(ledger: CapacityLedger, provider: str, redis_client, keys) -> None:
+    make_available(redis_client, keys, "p2")
+    ledger.set_totals("p2", {GPU: 1}, 1, 1)
+    alloc = ledger.allocate("job-1", provider, GPU, 1, 1, 1)
+    other = ledger.allocate("job-2", provider, GPU, 1, 1, 1)
+    assert ledger.release("job-1", provider) == alloc
+    assert ledger.release("job-2", "p2") == other  # a wrong hint is corrected, p2 is untouched
+    assert ledger.get("p2").gpus[GPU] == GpuCapacity(1, 1, 0, 0)
+    assert ledger.get(provider).gpus[GPU] == GpuCapacity(4, 4, 0, 0)
+    assert ledger.release("job-2", provider) is None
+
+
 def test_allocate_same_job_is_idempotent(ledger: CapacityLedger, provider: str, redis_client, keys) -> None:
     ledger.set_mining(provider, GPU, 4)
     first = ledger.allocate("job-1", provider, "NVIDIA GeForce RTX 4090", 2, 2, 512)
@@ -206,6 +224,43 @@ def test_allocate_same_job_is_idempotent(ledger: CapacityLedger, provider: str, 
         ledger.allocate("job-1", "p2", GPU, 2, 2, 512)
     assert ledger.get(provider) == snapshot
     assert ledger.get_job("job-1") == first
+
+
+def test_allocate_many_is_per_job_all_or_nothing(ledger: CapacityLedger, provider: str, redis_client, keys):
+    make_available(redis_client, keys, "p-off", status="offline")
+    results = ledger.allocate_many(
+        [
+            JobRequest("b1", provider, GPU, 3, 8, 1024),
+            JobRequest("b2", provider, GPU, 2, 8, 1024),  # only 1 RTX-4090 left after b1
+            JobRequest("b3", provider, "A100-SXM4-80GB", 2, 8, 1024),
+            JobRequest("bad id!", provider, GPU, 1),
+            JobRequest("b4", "p-off", GPU, 1),
+            JobRequest("b1", provider, GPU, 3, 8, 1024),  # the same job again: the same allocation
+        ]
+    )
+    assert isinstance(results[0], Allocation) and results[0].gpus == 3
+    assert isinstance(results[1], CapacityError) and "job needs 2" in str(results[1])
+    assert isinstance(results[2], Allocation) and results[2].model == "A100-SXM4-80GB"
+    assert isinstance(results[3], CapacityError) and str(results[3]).startswith("job_id:")
+    assert isinstance(results[4], CapacityError) and "offline" in str(results[4])
+    assert results[5] == results[0]
+    cap = ledger.get(provider)
+    assert cap.gpus[GPU] == GpuCapacity(total=4, available=1, in_use=3)
+    assert cap.cpu == PoolCapacity(total=32, available=16, in_use=16)
+    released = ledger.release_many(["b1", "b2", "b3", "b1"])
+    assert [r.job_id if r else None for r in released] == ["b1", None, "b3", None]
+    assert released[0] == results[0] and released[2] == results[2]
+    assert released[3] is None  # the second release of b1 in the same batch finds nothing
+    assert ledger.get(provider).gpus[GPU] == GpuCapacity(total=4, available=4)
+    assert ledger.get(provider).cpu == PoolCapacity(total=32, available=32)
+    # With provider hints (one round trip); a wrong hint is followed to the real owner.
+    again = ledger.allocate_many([JobRequest("h1", provider, GPU, 1), JobRequest("h2", provider, GPU, 1)])
+    assert all(isinstance(a, Allocation) for a in again)
+    hinted = ledger.release_many(["h1", "h2"], [provider, "not-the-owner"])
+    assert hinted == again
+    assert ledger.get(provider).gpus[GPU] == GpuCapacity(total=4, available=4)
+    with pytest.raises(CapacityError, match="provider_ids"):
+        ledger.release_many(["h1"], [])
 
 
 def test_set_totals_below_in_use_refused_and_nothing_changes(ledger: CapacityLedger, provider: str) -> None:
@@ -362,7 +417,11 @@ class RefProvider:
 
 PROVIDERS = ["p0", "p1"]
 MODEL_NAMES = [
-    "NVIDIA GeForce RTX 4090", "RTX-4090", "NVIDIA A100-SXM4-80GB", "A100-SXM4-80GB", "NVIDIA H100 80GB HBM3"
+    "NVIDIA GeForce RTX 4090",
+    "RTX-4090",
+    "NVIDIA A100-SXM4-80GB",
+    "A100-SXM4-80GB",
+    "NVIDIA H100 80GB HBM3",
 ]
 JOB_IDS = [f"job-{i}" for i in range(8)]
 STATUSES = [s.value for s in Status]
@@ -380,10 +439,14 @@ def test_ledger_matches_reference_model(redis_client: redis.Redis) -> None:
         @initialize(
             totals=st.lists(
                 st.tuples(
-                    st.integers(2, 8), st.integers(1, 6), st.integers(8, 32), st.integers(2, 8),
+                    st.integers(2, 8),
+                    st.integers(1, 6),
+                    st.integers(8, 32),
+                    st.integers(2, 8),
                     st.integers(1, 2),
                 ),
-                min_size=len(PROVIDERS), max_size=len(PROVIDERS),
+                min_size=len(PROVIDERS),
+                max_size=len(PROVIDERS),
             )
         )
         def start_available(self, totals: list[tuple[int, int, int, int, int]]) -> None:
@@ -525,8 +588,9 @@ def test_ledger_matches_reference_model(redis_client: redis.Redis) -> None:
                 assert cap == self.ref[pid].snapshot(pid)
                 assert_consistent(cap)
                 live = self.ledger.jobs(pid)
-                assert live == sorted((a for a in self.jobs.values() if a.provider_id == pid),
-                                      key=lambda a: a.job_id)
+                assert live == sorted(
+                    (a for a in self.jobs.values() if a.provider_id == pid), key=lambda a: a.job_id
+                )
                 for model, gpu in cap.gpus.items():
                     assert gpu.in_use == sum(a.gpus for a in live if a.model == model)
                 assert cap.cpu.in_use == sum(a.cpu_cores for a in live)

@@ -10,7 +10,6 @@ import pytest
 from click.testing import CliRunner
 
 from tests.factories import registration
-from tests.test_store import put_in
 from worldland.cli import main, redacted
 from worldland.config import connect
 from worldland.fleet import Fleet
@@ -84,11 +83,28 @@ def test_approve_and_reject(run, fleet: Fleet):
 
 def test_allocate_release_mining(run, fleet: Fleet):
     available_provider(fleet, "p", gpus=4)
-    mined = json.loads(run("mining", "--provider", "p", "--model", "NVIDIA GeForce RTX 4090", "--count", "3",
-                           "--json").output)
+    mined = json.loads(
+        run(
+            "mining", "--provider", "p", "--model", "NVIDIA GeForce RTX 4090", "--count", "3", "--json"
+        ).output
+    )
     assert mined["gpus"]["RTX-4090"] == {"total": 4, "available": 1, "in_use": 0, "mining": 3}
-    took = run("allocate", "--job", "j1", "--provider", "p", "--model", "RTX 4090", "--gpus", "2", "--cpu", "8",
-               "--memory-mb", "32768", "--json")
+    took = run(
+        "allocate",
+        "--job",
+        "j1",
+        "--provider",
+        "p",
+        "--model",
+        "RTX 4090",
+        "--gpus",
+        "2",
+        "--cpu",
+        "8",
+        "--memory-mb",
+        "32768",
+        "--json",
+    )
     assert took.exit_code == 0, took.output
     assert json.loads(took.output)["from_mining"] == 1
     short = run("allocate", "--job", "j2", "--provider", "p", "--model", "RTX-4090", "--gpus", "3")
@@ -120,8 +136,13 @@ def _closed_port() -> int:
 def test_unreachable_redis_is_one_clear_line_without_traceback():
     """The installed console script, as an operator runs it."""
     url = f"redis://:s3cret@127.0.0.1:{_closed_port()}/0"
-    proc = subprocess.run([str(WORLDLAND), "--redis-url", url, "status"], capture_output=True, text=True,
-                          timeout=60, check=False)
+    proc = subprocess.run(
+        [str(WORLDLAND), "--redis-url", url, "status"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert proc.returncode == 1
     assert proc.stdout == ""
     lines = proc.stderr.strip().splitlines()
@@ -131,8 +152,13 @@ def test_unreachable_redis_is_one_clear_line_without_traceback():
 
 
 def test_bad_arguments_exit_non_zero_without_traceback():
-    proc = subprocess.run([str(WORLDLAND), "allocate", "--job", "j", "--provider", "p", "--model", "x",
-                           "--gpus", "-1"], capture_output=True, text=True, timeout=60, check=False)
+    proc = subprocess.run(
+        [str(WORLDLAND), "allocate", "--job", "j", "--provider", "p", "--model", "x", "--gpus", "-1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert "--gpus" in proc.stderr
@@ -148,5 +174,3 @@ def test_invalid_job_id_names_the_argument(run, fleet: Fleet):
 def test_redacted_hides_only_the_password():
     assert redacted("redis://user:pw@host:1/0") == "redis://user:***@host:1/0"
     assert redacted("redis://host:1/0") == "redis://host:1/0"
-
-

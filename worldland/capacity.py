@@ -20,8 +20,8 @@ status ``available`` takes jobs. Every script receives all the keys it touches i
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import redis
@@ -118,6 +118,18 @@ class Capacity:
 
 
 @dataclass(frozen=True, slots=True)
+class JobRequest:
+    """What a job asks of one provider (``model`` None only for a job without GPUs)."""
+
+    job_id: str
+    provider_id: str
+    model: str | None
+    gpus: int
+    cpu_cores: int = 0
+    memory_mb: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Allocation:
     """What one job took: ``from_mining`` of its ``gpus`` were taken away from mining."""
 
@@ -135,7 +147,11 @@ class Allocation:
     def same_request(self, other: Allocation) -> bool:
         """True when both ask the same provider for the same resources (``from_mining`` aside)."""
         return (self.provider_id, self.model, self.gpus, self.cpu_cores, self.memory_mb) == (
-            other.provider_id, other.model, other.gpus, other.cpu_cores, other.memory_mb
+            other.provider_id,
+            other.model,
+            other.gpus,
+            other.cpu_cores,
+            other.memory_mb,
         )
 
     def describe(self) -> str:
@@ -344,22 +360,25 @@ def _check_count(name: str, value: object, maximum: int) -> int:
 
 def _check_provider_id(value: object) -> str:
     if not isinstance(value, str) or not PROVIDER_ID_RE.match(value):
-        raise CapacityError(f"provider_id: must be 1 to 128 characters of letters, digits and . _ : -, "
-                            f"got {value!r:.80}")
+        raise CapacityError(
+            f"provider_id: must be 1 to 128 characters of letters, digits and . _ : -, got {value!r:.80}"
+        )
     return value
 
 
 def _check_job_id(value: object) -> str:
     if not isinstance(value, str) or not JOB_ID_RE.match(value):
-        raise CapacityError(f"job_id: must be 1 to 128 characters of letters, digits and . _ : -, "
-                            f"got {value!r:.80}")
+        raise CapacityError(
+            f"job_id: must be 1 to 128 characters of letters, digits and . _ : -, got {value!r:.80}"
+        )
     return value
 
 
 def _check_model(name: str, value: object) -> str:
     if not isinstance(value, str) or not value.strip() or len(value) > MAX_MODEL_NAME:
-        raise CapacityError(f"{name}: must be a GPU model name of 1 to {MAX_MODEL_NAME} characters, "
-                            f"got {value!r:.80}")
+        raise CapacityError(
+            f"{name}: must be a GPU model name of 1 to {MAX_MODEL_NAME} characters, got {value!r:.80}"
+        )
     return canonical_gpu_model(value)
 
 
@@ -438,17 +457,48 @@ class CapacityLedger:
         Allocating a job id again with the identical request returns the original allocation; with a
         different request it is refused. ``model`` may be None only when ``gpus`` is 0.
         """
-        job_id = _check_job_id(job_id)
-        provider_id = _check_provider_id(provider_id)
-        gpus = _check_count("gpus", gpus, MAX_GPUS)
-        cpu_cores = _check_count("cpu_cores", cpu_cores, MAX_CPU_CORES)
-        memory_mb = _check_count("memory_mb", memory_mb, MAX_MEMORY_MB)
+        request = JobRequest(job_id, provider_id, model, gpus, cpu_cores, memory_mb)
+        checked, keys, args = self._allocate_call(request)
+        return self._allocate_result(checked, self._allocate(keys=keys, args=args))
+
+    def allocate_many(self, requests: Sequence[JobRequest]) -> list[Allocation | CapacityError]:
+        """Allocate many jobs in one round trip; each job is still all-or-nothing and atomic.
+
+        Returns, in order, the allocation or the ``CapacityError`` that refused it.
+        """
+        results: list[Allocation | CapacityError | None] = [None] * len(requests)
+        pending: list[tuple[int, Allocation]] = []
+        pipe = self.client.pipeline(transaction=False)
+        for position, request in enumerate(requests):
+            try:
+                checked, keys, args = self._allocate_call(request)
+            except CapacityError as exc:
+                results[position] = exc
+                continue
+            self._allocate(keys=keys, args=args, client=pipe)
+            pending.append((position, checked))
+        replies = pipe.execute() if pending else []
+        for (position, checked), reply in zip(pending, replies, strict=True):
+            try:
+                results[position] = self._allocate_result(checked, reply)
+            except CapacityError as exc:
+                results[position] = exc
+        return results  # type: ignore[return-value]
+
+    def _allocate_call(self, request: JobRequest) -> tuple[Allocation, list[str], list[Any]]:
+        """Check a request's arguments; the normalised request and the script's keys and args."""
+        job_id = _check_job_id(request.job_id)
+        provider_id = _check_provider_id(request.provider_id)
+        gpus = _check_count("gpus", request.gpus, MAX_GPUS)
+        cpu_cores = _check_count("cpu_cores", request.cpu_cores, MAX_CPU_CORES)
+        memory_mb = _check_count("memory_mb", request.memory_mb, MAX_MEMORY_MB)
+        model = request.model
         if model is None:
             if gpus:
                 raise CapacityError(f"model: is required when gpus is {gpus}")
         else:
             model = _check_model("model", model)
-        request = Allocation(job_id, provider_id, model, gpus, 0, cpu_cores, memory_mb)
+        checked = Allocation(job_id, provider_id, model, gpus, 0, cpu_cores, memory_mb)
         keys = [
             self.keys.capacity(provider_id),
             self.keys.provider(provider_id),
@@ -456,38 +506,79 @@ class CapacityLedger:
             self.keys.provider_jobs(provider_id),
         ]
         args = [job_id, provider_id, model or "", gpus, cpu_cores, memory_mb, Status.AVAILABLE.value]
-        reply = self._run(self._allocate, keys, args)
-        if _text(reply[0]) == "existing":
-            held = _allocation(job_id, reply[1:])
+        return checked, keys, args
+
+    @staticmethod
+    def _allocate_result(request: Allocation, reply: list[Any]) -> Allocation:
+        outcome = _text(reply[0])
+        if outcome == "err":
+            raise CapacityError(_text(reply[1]))
+        if outcome == "existing":
+            held = _allocation(request.job_id, reply[1:])
             if held.same_request(request):
                 return held
             raise CapacityError(
-                f"job_id: job {job_id} already holds {held.describe()}; a different request "
+                f"job_id: job {request.job_id} already holds {held.describe()}; a different request "
                 f"({request.describe()}) cannot reuse its id"
             )
-        return Allocation(job_id, provider_id, model, gpus, int(_text(reply[1])), cpu_cores, memory_mb)
+        return replace(request, from_mining=int(_text(reply[1])))
 
-    def release(self, job_id: str) -> Allocation | None:
+    def release(self, job_id: str, provider_id: str | None = None) -> Allocation | None:
         """Give a job's resources back (its GPUs become available); None when it holds nothing.
 
-        Idempotent: releasing an unknown or already released job changes nothing.
+        Idempotent: releasing an unknown or already released job changes nothing. ``provider_id``
+        is an optional hint that saves a round trip; a wrong hint is corrected, never trusted.
         """
         job_id = _check_job_id(job_id)
         job_key = self.keys.job(job_id)
+        guess = _check_provider_id(provider_id) if provider_id is not None else None
         for _ in range(_RELEASE_ATTEMPTS):
-            provider = self.client.hget(job_key, "provider")
-            if provider is None:
-                return None
-            provider_id = _text(provider)
-            keys = [job_key, self.keys.capacity(provider_id), self.keys.provider_jobs(provider_id)]
-            reply = self._run(self._release, keys, [job_id, provider_id])
+            if guess is None:
+                owner = self.client.hget(job_key, "provider")
+                if owner is None:
+                    return None
+                guess = _text(owner)
+            keys = [job_key, self.keys.capacity(guess), self.keys.provider_jobs(guess)]
+            reply = self._run(self._release, keys, [job_id, guess])
             outcome = _text(reply[0])
             if outcome == "none":
                 return None
             if outcome == "released":
                 return _allocation(job_id, reply[1:])
-            # "moved": released and re-allocated elsewhere between our read and the script; read again.
+            # "moved": the job belongs to another provider (a wrong hint, or it was released and
+            # allocated elsewhere meanwhile); try again with the owner the script saw.
+            guess = _text(reply[1])
         raise CapacityError(f"job_id: job {job_id} kept moving between providers; release it again")
+
+    def release_many(
+        self, job_ids: Sequence[str], provider_ids: Sequence[str | None] | None = None
+    ) -> list[Allocation | None]:
+        """Release many jobs in one round trip (two without ``provider_ids`` hints); as ``release``."""
+        checked = [_check_job_id(job_id) for job_id in job_ids]
+        hints = list(provider_ids) if provider_ids is not None else [None] * len(checked)
+        if len(hints) != len(checked):
+            raise CapacityError(f"provider_ids: {len(hints)} hints for {len(checked)} jobs")
+        owners = [_check_provider_id(h) if h is not None else None for h in hints]
+        unknown = [i for i, owner in enumerate(owners) if owner is None]
+        if unknown:
+            pipe = self.client.pipeline(transaction=False)
+            for i in unknown:
+                pipe.hget(self.keys.job(checked[i]), "provider")
+            for i, owner in zip(unknown, pipe.execute(), strict=True):
+                owners[i] = _text(owner) if owner is not None else None
+        results: list[Allocation | None] = [None] * len(checked)
+        held = [(i, owner) for i, owner in enumerate(owners) if owner is not None]
+        pipe = self.client.pipeline(transaction=False)
+        for i, owner in held:
+            keys = [self.keys.job(checked[i]), self.keys.capacity(owner), self.keys.provider_jobs(owner)]
+            self._release(keys=keys, args=[checked[i], owner], client=pipe)
+        for (i, _owner), reply in zip(held, pipe.execute() if held else [], strict=True):
+            outcome = _text(reply[0])
+            if outcome == "released":
+                results[i] = _allocation(checked[i], reply[1:])
+            elif outcome == "moved":  # a wrong hint, or re-allocated elsewhere: follow the real owner
+                results[i] = self.release(checked[i], _text(reply[1]))
+        return results
 
     def set_mining(self, provider_id: str, model: str, count: int) -> Capacity:
         """Set how many GPUs of a model mine; returns the new snapshot.
@@ -524,8 +615,9 @@ class CapacityLedger:
             return None
         fields = {_text(k): _text(v) for k, v in raw.items()}
         names = ("provider", "model", "gpus", "from_mining", "cpu", "memory_mb")
-        return _allocation(job_id, [fields.get(name, "" if name in ("provider", "model") else "0")
-                                    for name in names])
+        return _allocation(
+            job_id, [fields.get(name, "" if name in ("provider", "model") else "0") for name in names]
+        )
 
     def jobs(self, provider_id: str) -> list[Allocation]:
         """The jobs holding a provider's resources, sorted by job id (one pipeline round trip)."""

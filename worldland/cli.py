@@ -86,11 +86,17 @@ def _gpu_summary(capacity: dict[str, Any] | None) -> str:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
-    "--redis-url", envvar=REDIS_URL_ENV, default=DEFAULT_REDIS_URL, show_default=True,
+    "--redis-url",
+    envvar=REDIS_URL_ENV,
+    default=DEFAULT_REDIS_URL,
+    show_default=True,
     help=f"Redis URL (redis://, rediss://, unix://, redis+sentinel://); env {REDIS_URL_ENV}.",
 )
 @click.option(
-    "--key-prefix", envvar=KEY_PREFIX_ENV, default=DEFAULT_PREFIX, show_default=True,
+    "--key-prefix",
+    envvar=KEY_PREFIX_ENV,
+    default=DEFAULT_PREFIX,
+    show_default=True,
     help=f"Prefix of every Redis key of this deployment; env {KEY_PREFIX_ENV}.",
 )
 @click.version_option(package_name="worldland")
@@ -101,7 +107,9 @@ def main(ctx: click.Context, redis_url: str, key_prefix: str) -> None:
 
 
 @main.command()
-@click.option("--status", "statuses", type=STATUS_CHOICES, multiple=True, help="Only these statuses (repeatable).")
+@click.option(
+    "--status", "statuses", type=STATUS_CHOICES, multiple=True, help="Only these statuses (repeatable)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of provider objects.")
 @click.pass_obj
 @handles_errors
@@ -117,7 +125,11 @@ def status(obj: Context, statuses: tuple[str, ...], as_json: bool) -> None:
         table.add_column(column)
     for p in providers:
         table.add_row(
-            p["provider_id"], p["status"], p["node_name"], p["public_ip"], p["last_heartbeat"] or "never",
+            p["provider_id"],
+            p["status"],
+            p["node_name"],
+            p["public_ip"],
+            p["last_heartbeat"] or "never",
             _gpu_summary(p["capacity"]),
         )
     Console().print(table)
@@ -175,7 +187,13 @@ def reject(obj: Context, provider_id: str, reason: str) -> None:
 @click.pass_obj
 @handles_errors
 def allocate(
-    obj: Context, job_id: str, provider_id: str, model: str, gpus: int, cpu_cores: int, memory_mb: int,
+    obj: Context,
+    job_id: str,
+    provider_id: str,
+    model: str,
+    gpus: int,
+    cpu_cores: int,
+    memory_mb: int,
     as_json: bool,
 ) -> None:
     """Allocate a job's GPUs, CPU and memory on a provider: all or nothing."""

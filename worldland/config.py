@@ -37,7 +37,9 @@ def connect(url: str, *, timeout: float = 5.0) -> redis.Redis:
             hosts.append((host or item, int(port) if port else 26379))
         path = [p for p in parts.path.split("/") if p]
         if not path:
-            raise ValueError("redis+sentinel:// URL needs a service name: redis+sentinel://host:port/mymaster")
+            raise ValueError(
+                "redis+sentinel:// URL needs a service name: redis+sentinel://host:port/mymaster"
+            )
         db = int(path[1]) if len(path) > 1 else 0
         password = unquote(parts.password) if parts.password else None
         sentinel = Sentinel(hosts, socket_timeout=timeout)

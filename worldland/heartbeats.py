@@ -28,7 +28,9 @@ RECORD_BATCH = 1000
 # ARGV: id, now, active_jobs, gpu_usage json, cpu_usage, memory_usage, reported status, node_name, agent time.
 # Returns {outcome, status}: outcome is 'recorded', 'recovered' (Offline -> previous state), 'unknown'
 # or 'rejected' (dropped: nothing written).
-_RECORD_SCRIPT = LUA_TRANSITION_PRELUDE + """
+_RECORD_SCRIPT = (
+    LUA_TRANSITION_PRELUDE
+    + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'unknown', ''} end
 if status == 'rejected' then return {'rejected', status} end
@@ -46,6 +48,7 @@ if status == 'offline' then
 end
 return {'recorded', status}
 """
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +108,12 @@ class HeartbeatIndex:
 
     def _call_args(self, beat: Heartbeat, now: float) -> tuple[list[str], list[Any]]:
         pid = beat.provider_id
-        keys = [self.keys.provider(pid), self.keys.heartbeat(pid), self.keys.heartbeat_index, *self._index_keys]
+        keys = [
+            self.keys.provider(pid),
+            self.keys.heartbeat(pid),
+            self.keys.heartbeat_index,
+            *self._index_keys,
+        ]
         args = [
             pid,
             repr(now),
@@ -159,7 +167,9 @@ class HeartbeatIndex:
         """
         cutoff = (self.clock() if now is None else now) - older_than
         if limit is None:
-            rows = self.client.zrangebyscore(self.keys.heartbeat_index, "-inf", f"({cutoff!r}", withscores=True)
+            rows = self.client.zrangebyscore(
+                self.keys.heartbeat_index, "-inf", f"({cutoff!r}", withscores=True
+            )
         else:
             rows = self.client.zrangebyscore(
                 self.keys.heartbeat_index, "-inf", f"({cutoff!r}", start=0, num=limit, withscores=True
@@ -169,4 +179,3 @@ class HeartbeatIndex:
     def forget(self, provider_id: str) -> None:
         self.client.zrem(self.keys.heartbeat_index, provider_id)
         self.client.delete(self.keys.heartbeat(provider_id))
-

@@ -94,12 +94,15 @@ end
 """
 
 # KEYS: provider, status indexes (6). ARGV: id, target, now, reason, expected current ('' = any).
-_TRANSITION_SCRIPT = LUA_TRANSITION_PRELUDE + """
+_TRANSITION_SCRIPT = (
+    LUA_TRANSITION_PRELUDE
+    + """
 local current = redis.call('HGET', KEYS[1], 'status')
 if not current then return {'unknown', '', ''} end
 if ARGV[5] ~= '' and ARGV[5] ~= current then return {'conflict', current, ''} end
 return transition(KEYS[1], ARGV[1], 2, current, ARGV[2], ARGV[3], ARGV[4])
 """
+)
 
 # KEYS: provider, node claim, pending index.
 # ARGV: id, wallet, node name, now, then field/value pairs describing the registration.
@@ -242,7 +245,11 @@ class ProviderStore:
         now = repr(self.clock())
         for attempt in range(NODE_NAME_ATTEMPTS):
             candidate = make_node_name(request.spec.hostname, pid, attempt)
-            keys = [self.keys.provider(pid), self.keys.node_claim(candidate), self.keys.status_index(Status.PENDING)]
+            keys = [
+                self.keys.provider(pid),
+                self.keys.node_claim(candidate),
+                self.keys.status_index(Status.PENDING),
+            ]
             outcome, _status, _node = self._run(
                 self._upsert, keys, [pid, request.wallet_addr, candidate, now, *flat]
             )
