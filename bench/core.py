@@ -39,17 +39,22 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - start, result
 
 
-def seed_providers(url: str, keys: Keys, count: int, status: Status = Status.AVAILABLE) -> list[str]:
-    """Register ``count`` providers through the core and move them to ``status``."""
-    fleet = Fleet.open(connect(url), keys)
-    ids = [f"prov-{i:06d}" for i in range(count)]
-    path = {Status.AVAILABLE: [Status.APPROVED, Status.JOINED, Status.AVAILABLE]}[status]
+def _seed_chunk(url: str, prefix: str, ids: list[str]) -> None:
+    fleet = Fleet.open(connect(url), Keys(prefix))
     for pid in ids:
         spec = {**AGENT_REGISTRATION["spec"], "hostname": f"rig-{pid}"}
         message = {**AGENT_REGISTRATION, "provider_id": pid, "spec": spec}
         fleet.register(parse_registration(json.dumps(message)))
-        for step in path:
+        for step in (Status.APPROVED, Status.JOINED, Status.AVAILABLE):
             fleet.store.transition(pid, step)
+
+
+def seed_providers(url: str, keys: Keys, count: int, processes: int = 2) -> list[str]:
+    """Register ``count`` Available providers through the core (parse, register, transitions)."""
+    ids = [f"prov-{i:06d}" for i in range(count)]
+    chunks = [ids[w::processes] for w in range(processes)]
+    with multiprocessing.get_context("spawn").Pool(processes) as pool:
+        pool.starmap(_seed_chunk, [(url, keys.prefix, chunk) for chunk in chunks])
     return ids
 
 

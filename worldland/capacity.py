@@ -252,12 +252,13 @@ if status ~= ARGV[7] then
     '; jobs go only to available providers'}
 end
 
-local function num(f) return tonumber(redis.call('HGET', cap, f)) or 0 end
 local p = 'gpu:' .. model .. ':'
+local v = redis.call('HMGET', cap, p .. 'available', p .. 'mining', p .. 'in_use',
+  'cpu:available', 'cpu:in_use', 'mem:available', 'mem:in_use')
 local a, mi, u = 0, 0, 0
-if gpus > 0 then a, mi, u = num(p .. 'available'), num(p .. 'mining'), num(p .. 'in_use') end
-local cpu_a, cpu_u = num('cpu:available'), num('cpu:in_use')
-local mem_a, mem_u = num('mem:available'), num('mem:in_use')
+if gpus > 0 then a, mi, u = tonumber(v[1]) or 0, tonumber(v[2]) or 0, tonumber(v[3]) or 0 end
+local cpu_a, cpu_u = tonumber(v[4]) or 0, tonumber(v[5]) or 0
+local mem_a, mem_u = tonumber(v[6]) or 0, tonumber(v[7]) or 0
 
 local short = {}
 if gpus > a + mi then
@@ -276,12 +277,13 @@ end
 
 local from_available = math.min(a, gpus)
 local from_mining = gpus - from_available
+local writes = {'cpu:available', cpu_a - cpu, 'cpu:in_use', cpu_u + cpu,
+  'mem:available', mem_a - mem, 'mem:in_use', mem_u + mem}
 if gpus > 0 then
-  redis.call('HSET', cap, p .. 'available', a - from_available, p .. 'mining', mi - from_mining,
-    p .. 'in_use', u + gpus)
+  for _, x in ipairs({p .. 'available', a - from_available, p .. 'mining', mi - from_mining,
+    p .. 'in_use', u + gpus}) do table.insert(writes, x) end
 end
-if cpu > 0 then redis.call('HSET', cap, 'cpu:available', cpu_a - cpu, 'cpu:in_use', cpu_u + cpu) end
-if mem > 0 then redis.call('HSET', cap, 'mem:available', mem_a - mem, 'mem:in_use', mem_u + mem) end
+redis.call('HSET', cap, unpack(writes))
 redis.call('HSET', job, 'provider', pid, 'model', model, 'gpus', gpus, 'from_mining', from_mining,
   'cpu', cpu, 'memory_mb', mem)
 redis.call('SADD', pjobs, job_id)
@@ -295,20 +297,27 @@ local j = redis.call('HMGET', job, 'provider', 'model', 'gpus', 'from_mining', '
 if not j[1] then return {'none'} end
 if j[1] ~= ARGV[2] then return {'moved', j[1]} end
 
-local function give_back(used_field, free_field, n)
-  if n <= 0 then return end
-  local used = tonumber(redis.call('HGET', cap, used_field))
-  if not used then return end
-  local back = math.min(used, n)
-  local free = tonumber(redis.call('HGET', cap, free_field)) or 0
-  redis.call('HSET', cap, used_field, used - back, free_field, free + back)
-end
+-- Each pool gets back what the job holds (never more than is in use, should totals have moved).
 local model = j[2] or ''
+local pools = {{'cpu:in_use', 'cpu:available', tonumber(j[5]) or 0},
+  {'mem:in_use', 'mem:available', tonumber(j[6]) or 0}}
 if model ~= '' then
-  give_back('gpu:' .. model .. ':in_use', 'gpu:' .. model .. ':available', tonumber(j[3]) or 0)
+  table.insert(pools, {'gpu:' .. model .. ':in_use', 'gpu:' .. model .. ':available', tonumber(j[3]) or 0})
 end
-give_back('cpu:in_use', 'cpu:available', tonumber(j[5]) or 0)
-give_back('mem:in_use', 'mem:available', tonumber(j[6]) or 0)
+local names = {}
+for _, pool in ipairs(pools) do table.insert(names, pool[1]); table.insert(names, pool[2]) end
+local v = redis.call('HMGET', cap, unpack(names))
+local writes = {}
+for i, pool in ipairs(pools) do
+  local used = tonumber(v[2 * i - 1])
+  if used and pool[3] > 0 then
+    local back = math.min(used, pool[3])
+    for _, x in ipairs({pool[1], used - back, pool[2], (tonumber(v[2 * i]) or 0) + back}) do
+      table.insert(writes, x)
+    end
+  end
+end
+if #writes > 0 then redis.call('HSET', cap, unpack(writes)) end
 redis.call('DEL', job)
 redis.call('SREM', pjobs, ARGV[1])
 return {'released', j[1], model, j[3] or '0', j[4] or '0', j[5] or '0', j[6] or '0'}

@@ -146,7 +146,8 @@ class ProviderRecord:
     hostname: str = ""
     public_ip: str = ""
     gpu_models: list[str] = field(default_factory=list)
-    registration: dict[str, Any] = field(default_factory=dict)
+    # Kept as stored and decoded on use: listing many providers rarely needs it.
+    registration_json: str = "{}"
     previous_status: Status | None = None
     created_at: float | None = None
     updated_at: float | None = None
@@ -166,7 +167,7 @@ class ProviderRecord:
             hostname=data.get("hostname", ""),
             public_ip=data.get("public_ip", ""),
             gpu_models=json.loads(data.get("gpu_models") or "[]"),
-            registration=json.loads(data.get("registration") or "{}"),
+            registration_json=data.get("registration") or "{}",
             previous_status=Status(previous) if previous else None,
             created_at=_float(data.get("created_at")),
             updated_at=_float(data.get("updated_at")),
@@ -177,11 +178,16 @@ class ProviderRecord:
         )
 
     @property
+    def registration(self) -> dict[str, Any]:
+        return json.loads(self.registration_json)
+
+    @property
     def spec(self) -> dict[str, Any]:
         return self.registration.get("spec", {})
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
+    def to_dict(self, include_spec: bool = True) -> dict[str, Any]:
+        """Plain data for JSON output; ``include_spec`` False skips decoding the registration."""
+        data = {
             "provider_id": self.provider_id,
             "status": self.status.value,
             "previous_status": self.previous_status.value if self.previous_status else None,
@@ -190,7 +196,6 @@ class ProviderRecord:
             "hostname": self.hostname,
             "public_ip": self.public_ip,
             "gpu_models": self.gpu_models,
-            "spec": self.spec,
             "created_at": iso_time(self.created_at),
             "updated_at": iso_time(self.updated_at),
             "status_changed_at": iso_time(self.status_changed_at),
@@ -198,6 +203,9 @@ class ProviderRecord:
             "status_reason": self.status_reason or None,
             "last_error": self.last_error or None,
         }
+        if include_spec:
+            data["spec"] = self.spec
+        return data
 
 
 @dataclass(frozen=True, slots=True)
