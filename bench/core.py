@@ -121,7 +121,7 @@ def bench_capacity(url: str, keys: Keys, provider_ids: list[str], seconds: float
 
 
 def _bare_heartbeat_pipeline(client: redis.Redis, keys: Keys, beats: list[Heartbeat], now: float) -> None:
-    """The floor: the same keys and fields written with plain commands, no checks, no recovery."""
+    """The floor: the same keys and values written with plain commands; no checks, no recovery."""
     for start in range(0, len(beats), RECORD_BATCH):
         pipe = client.pipeline(transaction=False)
         for beat in beats[start : start + RECORD_BATCH]:
@@ -130,15 +130,10 @@ def _bare_heartbeat_pipeline(client: redis.Redis, keys: Keys, beats: list[Heartb
                 mapping={
                     "received_at": repr(now),
                     "active_jobs": beat.active_jobs,
-                    "gpu_usage": json.dumps(beat.gpu_usage),
-                    "cpu_usage": repr(beat.cpu_usage),
-                    "memory_usage": repr(beat.memory_usage),
-                    "reported_status": beat.status or "",
-                    "node_name": beat.node_name or "",
-                    "agent_time": beat.timestamp.isoformat() if beat.timestamp else "",
+                    "beat": beat.model_dump_json(exclude={"provider_id"}),
                 },
             )
-            pipe.zadd(keys.heartbeat_index, {beat.provider_id: now}, gt=True)
+            pipe.zadd(keys.heartbeat_index, {beat.provider_id: now})
         pipe.execute()
 
 

@@ -44,9 +44,18 @@ def test_agent_heartbeat_is_recorded_with_our_receive_time(store, index, clock):
     # Our clock, not the agent's timestamp (2026-11-26T09:20:32.5Z), decides staleness.
     assert last.received_at == clock.now
     assert last.active_jobs == 1
-    assert last.gpu_usage == [12.5, 0.0]
-    assert last.reported_status == "available"
-    assert last.agent_time.startswith("2026-11-26T09:20:32.5")
+    shown = last.to_dict()
+    assert shown["gpu_usage"] == [12.5, 0.0]
+    assert shown["reported_status"] == "available"
+    assert shown["agent_time"].startswith("2026-11-26T09:20:32.5")
+
+
+def test_active_jobs_change_is_reported_so_labels_are_written_only_then(store, index):
+    put_in(store, "p", Status.AVAILABLE)
+    assert index.record(beat("p", active_jobs=0), now=1.0).active_jobs_changed  # first beat
+    assert not index.record(beat("p", active_jobs=0), now=2.0).active_jobs_changed
+    assert index.record(beat("p", active_jobs=2), now=3.0).active_jobs_changed
+    assert not index.record(beat("p", active_jobs=2), now=4.0).active_jobs_changed
 
 
 def test_reported_status_never_changes_the_lifecycle(store, index):

@@ -7,7 +7,6 @@ import json
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
-from urllib.parse import urlsplit, urlunsplit
 
 import click
 import redis
@@ -15,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from worldland.capacity import CapacityError
-from worldland.config import DEFAULT_REDIS_URL, KEY_PREFIX_ENV, REDIS_URL_ENV, connect
+from worldland.config import DEFAULT_REDIS_URL, KEY_PREFIX_ENV, REDIS_URL_ENV, connect, redacted
 from worldland.fleet import Fleet
 from worldland.keys import DEFAULT_PREFIX, Keys
 from worldland.lifecycle import Status, TransitionError
@@ -23,15 +22,6 @@ from worldland.names import canonical_gpu_model
 from worldland.store import StoreError
 
 STATUS_CHOICES = click.Choice([s.value for s in Status], case_sensitive=False)
-
-
-def redacted(url: str) -> str:
-    """The URL without its password, for messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def fail(message: str) -> NoReturn:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import redis
 from redis.sentinel import Sentinel
@@ -21,6 +21,19 @@ def redis_url_from_env() -> str:
 
 def key_prefix_from_env() -> str:
     return os.environ.get(KEY_PREFIX_ENV) or DEFAULT_PREFIX
+
+
+def redacted(url: str) -> str:
+    """The URL without its password, for messages."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:  # e.g. a bad port: show no part of what may hold a password
+        return "<unparsable URL>"
+    if password is None:
+        return url
+    netloc = parts.netloc.replace(f":{password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def connect(url: str, *, timeout: float = 5.0) -> redis.Redis:

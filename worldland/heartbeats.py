@@ -2,8 +2,9 @@
 
 A sorted set (``Keys.heartbeat_index``) scores each provider by the time of its last heartbeat as
 seen by *our* clock when the beat arrived; the agent's own timestamp is kept for information only,
-since a provider could otherwise claim to be alive forever. Recording is O(1) (one Lua call), and
-finding stale providers is a range query: its cost grows with the number stale, not the fleet.
+since a provider could otherwise claim to be alive forever. Recording is O(1) (one small Lua call,
+pipelined), and finding stale providers is a range query: its cost grows with the number stale,
+not the fleet.
 """
 
 from __future__ import annotations
@@ -17,38 +18,28 @@ from typing import Any
 import redis
 
 from worldland.keys import Keys
+from worldland.lifecycle import Status, TransitionError
 from worldland.models import Heartbeat
-from worldland.store import LUA_TRANSITION_PRELUDE, STATUS_ORDER, Clock, iso_time
+from worldland.store import Clock, ProviderStore, StatusConflict, iso_time
 
 HEARTBEAT_INTERVAL_S = 30
 STALE_AFTER_S = 120
 RECORD_BATCH = 1000
 
-# KEYS: provider, heartbeat details, heartbeat index, status indexes (6).
-# ARGV: id, now, active_jobs, gpu_usage json, cpu_usage, memory_usage, reported status, node_name, agent time.
-# Returns {outcome, status}: outcome is 'recorded', 'recovered' (Offline -> previous state), 'unknown'
-# or 'rejected' (dropped: nothing written).
-_RECORD_SCRIPT = (
-    LUA_TRANSITION_PRELUDE
-    + """
+# KEYS: provider record, heartbeat details, heartbeat index.
+# ARGV: provider id, receive time, active jobs, the beat as JSON.
+# Returns {outcome, status, active_jobs_changed}: outcome 'recorded', or 'unknown'/'rejected' when the
+# beat is dropped (nothing written). A late duplicate never moves the last beat backwards.
+_RECORD_SCRIPT = """
 local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return {'unknown', ''} end
-if status == 'rejected' then return {'rejected', status} end
-local last = tonumber(redis.call('HGET', KEYS[2], 'received_at') or '0')
-if tonumber(ARGV[2]) >= last then
-  redis.call('HSET', KEYS[2], 'received_at', ARGV[2], 'active_jobs', ARGV[3], 'gpu_usage', ARGV[4],
-    'cpu_usage', ARGV[5], 'memory_usage', ARGV[6], 'reported_status', ARGV[7], 'node_name', ARGV[8],
-    'agent_time', ARGV[9])
-  redis.call('ZADD', KEYS[3], 'GT', ARGV[2], ARGV[1])
-end
-if status == 'offline' then
-  local previous = redis.call('HGET', KEYS[1], 'previous_status') or ''
-  local result = transition(KEYS[1], ARGV[1], 4, status, previous, ARGV[2], 'heartbeat resumed')
-  if result[1] == 'ok' then return {'recovered', previous} end
-end
-return {'recorded', status}
+if not status then return {'unknown', '', 0} end
+if status == 'rejected' then return {'rejected', status, 0} end
+local last = redis.call('HMGET', KEYS[2], 'received_at', 'active_jobs')
+if tonumber(ARGV[2]) < (tonumber(last[1]) or 0) then return {'recorded', status, 0} end
+redis.call('HSET', KEYS[2], 'received_at', ARGV[2], 'active_jobs', ARGV[3], 'beat', ARGV[4])
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+return {'recorded', status, last[2] ~= ARGV[3] and 1 or 0}
 """
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +47,7 @@ class BeatOutcome:
     provider_id: str
     outcome: str  # recorded | recovered | unknown | rejected
     status: str  # the provider's status after the beat ('' when unknown)
+    active_jobs_changed: bool = False
 
     @property
     def accepted(self) -> bool:
@@ -66,83 +58,71 @@ class BeatOutcome:
 class LastBeat:
     received_at: float
     active_jobs: int
-    gpu_usage: list[float]
-    cpu_usage: float | None
-    memory_usage: float | None
-    reported_status: str
-    node_name: str
-    agent_time: str
+    beat: dict[str, Any]  # the agent's heartbeat as validated: usage, reported status, its own time
 
     @classmethod
     def from_hash(cls, data: dict[str, str]) -> LastBeat:
         return cls(
             received_at=float(data["received_at"]),
             active_jobs=int(data.get("active_jobs") or 0),
-            gpu_usage=json.loads(data.get("gpu_usage") or "[]"),
-            cpu_usage=float(data["cpu_usage"]) if data.get("cpu_usage") else None,
-            memory_usage=float(data["memory_usage"]) if data.get("memory_usage") else None,
-            reported_status=data.get("reported_status", ""),
-            node_name=data.get("node_name", ""),
-            agent_time=data.get("agent_time", ""),
+            beat=json.loads(data.get("beat") or "{}"),
         )
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "received_at": iso_time(self.received_at),
             "active_jobs": self.active_jobs,
-            "gpu_usage": self.gpu_usage,
-            "cpu_usage": self.cpu_usage,
-            "memory_usage": self.memory_usage,
-            "reported_status": self.reported_status or None,
-            "agent_time": self.agent_time or None,
+            "gpu_usage": self.beat.get("gpu_usage", []),
+            "cpu_usage": self.beat.get("cpu_usage"),
+            "memory_usage": self.beat.get("memory_usage"),
+            "reported_status": self.beat.get("status"),
+            "agent_time": self.beat.get("timestamp"),
         }
 
 
 class HeartbeatIndex:
+    """Records heartbeats; a beat from an Offline provider brings it back (``store.recover``)."""
+
     def __init__(self, client: redis.Redis, keys: Keys | None = None, clock: Clock = time.time) -> None:
         self.client = client
         self.keys = keys or Keys()
         self.clock = clock
+        self.store = ProviderStore(client, self.keys, clock)
         self._record = client.register_script(_RECORD_SCRIPT)
-        self._index_keys = [self.keys.status_index(s) for s in STATUS_ORDER]
-
-    def _call_args(self, beat: Heartbeat, now: float) -> tuple[list[str], list[Any]]:
-        pid = beat.provider_id
-        keys = [
-            self.keys.provider(pid),
-            self.keys.heartbeat(pid),
-            self.keys.heartbeat_index,
-            *self._index_keys,
-        ]
-        args = [
-            pid,
-            repr(now),
-            beat.active_jobs,
-            json.dumps(beat.gpu_usage),
-            "" if beat.cpu_usage is None else repr(beat.cpu_usage),
-            "" if beat.memory_usage is None else repr(beat.memory_usage),
-            beat.status or "",
-            beat.node_name or "",
-            beat.timestamp.isoformat() if beat.timestamp else "",
-        ]
-        return keys, args
 
     def record(self, beat: Heartbeat, now: float | None = None) -> BeatOutcome:
         return self.record_many([beat], now)[0]
 
     def record_many(self, beats: Sequence[Heartbeat], now: float | None = None) -> list[BeatOutcome]:
         """Record heartbeats, RECORD_BATCH per round trip; one outcome per beat, in order."""
-        received = self.clock() if now is None else now
+        received = repr(self.clock() if now is None else now)
+        keys = self.keys
         outcomes: list[BeatOutcome] = []
         for start in range(0, len(beats), RECORD_BATCH):
             batch = beats[start : start + RECORD_BATCH]
             pipe = self.client.pipeline(transaction=False)
             for beat in batch:
-                keys, args = self._call_args(beat, received)
-                self._record(keys=keys, args=args, client=pipe)
-            for beat, (outcome, status) in zip(batch, pipe.execute(), strict=True):
-                outcomes.append(BeatOutcome(beat.provider_id, outcome, status))
-        return outcomes
+                pid = beat.provider_id
+                self._record(
+                    keys=[keys.provider(pid), keys.heartbeat(pid), keys.heartbeat_index],
+                    args=[pid, received, beat.active_jobs, beat.model_dump_json(exclude={"provider_id"})],
+                    client=pipe,
+                )
+            for beat, (outcome, status, changed) in zip(batch, pipe.execute(), strict=True):
+                outcomes.append(BeatOutcome(beat.provider_id, outcome, status, bool(changed)))
+        return [self._recover_if_offline(o) for o in outcomes]
+
+    def _recover_if_offline(self, outcome: BeatOutcome) -> BeatOutcome:
+        """Offline -> the state held before, whoever sees the beat first (a compare-and-set)."""
+        if outcome.status != Status.OFFLINE:
+            return outcome
+        try:
+            result = self.store.recover(outcome.provider_id)
+        except (TransitionError, StatusConflict):  # recovered (or changed) by someone else meanwhile
+            return outcome
+        return BeatOutcome(
+            outcome.provider_id, "recovered", result.current.value, outcome.active_jobs_changed
+        )
 
     def last_beat_times(self, provider_ids: Iterable[str]) -> dict[str, float | None]:
         ids = list(provider_ids)
@@ -166,14 +146,10 @@ class HeartbeatIndex:
         Oldest first. O(log N + stale): a range query on the sorted set.
         """
         cutoff = (self.clock() if now is None else now) - older_than
-        if limit is None:
-            rows = self.client.zrangebyscore(
-                self.keys.heartbeat_index, "-inf", f"({cutoff!r}", withscores=True
-            )
-        else:
-            rows = self.client.zrangebyscore(
-                self.keys.heartbeat_index, "-inf", f"({cutoff!r}", start=0, num=limit, withscores=True
-            )
+        page = {"start": 0, "num": limit} if limit is not None else {}
+        rows = self.client.zrangebyscore(
+            self.keys.heartbeat_index, "-inf", f"({cutoff!r}", withscores=True, **page
+        )
         return [(pid, score) for pid, score in rows]
 
     def forget(self, provider_id: str) -> None:

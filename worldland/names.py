@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable
 
 # Vendor and brand words carry no information about the product (DESIGN.md, "Names and labels").
 VENDOR_WORDS = frozenset({"nvidia", "geforce", "tesla", "quadro"})
 LABEL_VALUE_MAX = 63
 UNKNOWN_GPU_MODEL = "unknown"
 MAX_NODE_NAME_ATTEMPT = 20  # the suffix grows 2 hex digits per attempt and must leave room
+
+# Node labels (DESIGN.md, "Names and labels"), applied from the control-plane side.
+LABEL_RENTAL_TYPE = "worldland.io/rental-type"
+LABEL_PROVIDER_ID = "worldland.io/provider-id"
+LABEL_GPU_MODEL = "worldland.io/gpu-model"
+LABEL_RENTAL_STATUS = "worldland.io/rental-status"
+RENTAL_TYPE_GPU = "gpu"
 
 _LABEL_VALUE_RE = re.compile(r"^(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]*[A-Za-z0-9])?)?\Z")
 _NOT_LABEL_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
@@ -63,6 +71,24 @@ def canonical_gpu_model(name: str) -> str:
 def gpu_model_group(model: str) -> str:
     """Inventory group name for a canonical GPU model (``RTX-4090`` -> ``gpu_RTX_4090``)."""
     return "gpu_" + re.sub(r"[^A-Za-z0-9_]", "_", model)
+
+
+def node_labels(provider_id: str, gpu_models: Iterable[str], status: str) -> dict[str, str]:
+    """The node labels of a provider: the one description used by the inventory, the listener and audits.
+
+    ``gpu_models`` are the provider's canonical models; a label holds one value, so a machine with
+    several models is labelled with the first in sorted order (stable as long as its hardware is).
+    ``worldland.io/gpu-model`` is left out for a machine without GPUs. Every value is a valid label value.
+    """
+    models = sorted({canonical_gpu_model(m) for m in gpu_models})
+    labels = {
+        LABEL_RENTAL_TYPE: RENTAL_TYPE_GPU,
+        LABEL_PROVIDER_ID: label_value(provider_id),
+    }
+    if models:
+        labels[LABEL_GPU_MODEL] = models[0]
+    labels[LABEL_RENTAL_STATUS] = label_value(str(status))
+    return labels
 
 
 def node_name(hostname: str, provider_id: str, attempt: int = 0) -> str:

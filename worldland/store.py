@@ -23,6 +23,7 @@ from worldland.models import RegistrationRequest
 from worldland.names import node_name as make_node_name
 
 Clock = Callable[[], float]
+OnInvalid = Callable[[str, Exception], None]  # (provider id, why its record does not decode)
 LIST_CHUNK = 2000  # providers fetched per pipeline when listing
 NODE_NAME_ATTEMPTS = 4
 STATUS_ORDER: tuple[Status, ...] = tuple(Status)
@@ -332,18 +333,35 @@ class ProviderStore:
         members = self.client.sunion([self.keys.status_index(Status(s)) for s in wanted])
         return sorted(members)
 
-    def get_many(self, provider_ids: list[str]) -> list[ProviderRecord]:
-        """Records for the ids, in order, skipping ids that vanished; LIST_CHUNK per round trip."""
+    def get_many(self, provider_ids: list[str], on_invalid: OnInvalid | None = None) -> list[ProviderRecord]:
+        """Records for the ids, in order, skipping ids that vanished; LIST_CHUNK per round trip.
+
+        A record that does not decode raises, unless ``on_invalid(provider_id, error)`` is given:
+        then it is reported there and skipped, and the others are still returned.
+        """
         records: list[ProviderRecord] = []
         for start in range(0, len(provider_ids), LIST_CHUNK):
+            chunk = provider_ids[start : start + LIST_CHUNK]
             pipe = self.client.pipeline(transaction=False)
-            for pid in provider_ids[start : start + LIST_CHUNK]:
+            for pid in chunk:
                 pipe.hgetall(self.keys.provider(pid))
-            records.extend(ProviderRecord.from_hash(data) for data in pipe.execute() if data)
+            replies = pipe.execute()
+            if on_invalid is None:
+                records.extend(ProviderRecord.from_hash(data) for data in replies if data)
+                continue
+            for pid, data in zip(chunk, replies, strict=True):
+                if not data:
+                    continue
+                try:
+                    records.append(ProviderRecord.from_hash(data))
+                except (KeyError, TypeError, ValueError) as exc:  # JSONDecodeError is a ValueError
+                    on_invalid(pid, exc)
         return records
 
-    def list(self, statuses: Iterable[Status] | None = None) -> list[ProviderRecord]:
-        return self.get_many(self.ids(statuses))
+    def list(
+        self, statuses: Iterable[Status] | None = None, on_invalid: OnInvalid | None = None
+    ) -> list[ProviderRecord]:
+        return self.get_many(self.ids(statuses), on_invalid)
 
     def counts(self) -> dict[str, int]:
         pipe = self.client.pipeline(transaction=False)
