@@ -70,8 +70,9 @@ def test_status_table_and_show(run, fleet: Fleet):
 def test_approve_and_reject(run, fleet: Fleet):
     fleet.register(registration("a"))
     fleet.register(registration("r"))
-    assert run("approve", "a").output.strip() == "a: approved"
-    assert run("approve", "a").output.strip() == "a: already approved"
+    assert run("approve", "a").output.strip() == "a: approved; the listener sends the join token"
+    assert fleet.store.require("a").status is Status.APPROVED
+    assert "no Kubernetes access" in fleet.store.require("a").last_error  # the listener's reconcile retries
     result = run("reject", "r", "--reason", "GPU model not accepted")
     assert result.exit_code == 0
     assert fleet.store.require("r").status_reason == "GPU model not accepted"

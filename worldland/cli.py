@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -18,8 +19,13 @@ from worldland.config import DEFAULT_REDIS_URL, KEY_PREFIX_ENV, REDIS_URL_ENV, c
 from worldland.fleet import Fleet
 from worldland.keys import DEFAULT_PREFIX, Keys
 from worldland.lifecycle import Status, TransitionError
+from worldland.listener import Listener, ListenerSettings
+from worldland.logs import setup_logging
 from worldland.names import canonical_gpu_model
+from worldland.onboarding import DEFAULT_TOKEN_TTL_S, MAX_TOKEN_TTL_S, MIN_TOKEN_TTL_S, Onboarding
+from worldland.policy import ApprovalPolicy, PolicyError
 from worldland.store import StoreError
+from worldland.streams import DEFAULT_GROUP, StreamNames
 
 STATUS_CHOICES = click.Choice([s.value for s in Status], case_sensitive=False)
 
@@ -40,6 +46,38 @@ class Context:
         if self._fleet is None:
             self._fleet = Fleet.open(connect(self.redis_url), self.keys)
         return self._fleet
+
+    def onboarding(
+        self,
+        kubeconfig: str | None,
+        policy: ApprovalPolicy | None = None,
+        join_endpoint: str | None = None,
+        token_ttl_s: int = DEFAULT_TOKEN_TTL_S,
+        stream_namespace: str = "",
+    ) -> Onboarding:
+        cluster = None
+        if kubeconfig:
+            from worldland.kube import KubeCluster
+
+            cluster = KubeCluster.from_kubeconfig(kubeconfig, join_endpoint=join_endpoint)
+        return Onboarding(
+            fleet=self.fleet,
+            streams=StreamNames(stream_namespace),
+            policy=policy or ApprovalPolicy(),
+            cluster=cluster,
+            token_ttl_s=token_ttl_s,
+        )
+
+
+KUBECONFIG_OPTION = click.option(
+    "--kubeconfig",
+    envvar="WORLDLAND_KUBECONFIG",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Kubeconfig for the cluster providers join (env WORLDLAND_KUBECONFIG).",
+)
+STREAM_NAMESPACE_OPTION = click.option(
+    "--stream-namespace", default="", hidden=True, help="Prefix of the stream names (tests only)."
+)
 
 
 def handles_errors(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -147,23 +185,127 @@ def show(obj: Context, provider_id: str, as_json: bool) -> None:
 
 @main.command()
 @click.argument("provider_id")
+@KUBECONFIG_OPTION
+@click.option("--join-endpoint", help="HOST:PORT providers join (default: the kubeconfig's server).")
+@STREAM_NAMESPACE_OPTION
 @click.pass_obj
 @handles_errors
-def approve(obj: Context, provider_id: str) -> None:
-    """Approve a pending provider."""
-    result = obj.fleet.approve(provider_id)
-    click.echo(f"{provider_id}: {'approved' if result.changed else 'already approved'}")
+def approve(
+    obj: Context, provider_id: str, kubeconfig: str | None, join_endpoint: str | None, stream_namespace: str
+) -> None:
+    """Approve a pending provider and send its join token.
+
+    Without --kubeconfig the provider is approved and the running listener issues the token.
+    """
+    onboarding = obj.onboarding(kubeconfig, join_endpoint=join_endpoint, stream_namespace=stream_namespace)
+    if onboarding.approve(provider_id):
+        click.echo(f"{provider_id}: approved; join token sent")
+    elif kubeconfig:
+        error = obj.fleet.store.require(provider_id).last_error
+        fail(f"{provider_id}: approved, but no join token yet ({error}); the listener retries")
+    else:
+        click.echo(f"{provider_id}: approved; the listener sends the join token")
 
 
 @main.command()
 @click.argument("provider_id")
 @click.option("--reason", required=True, help="Why; the provider is told.")
+@STREAM_NAMESPACE_OPTION
 @click.pass_obj
 @handles_errors
-def reject(obj: Context, provider_id: str, reason: str) -> None:
-    """Reject a pending (or revoke an approved) provider."""
-    result = obj.fleet.reject(provider_id, reason)
-    click.echo(f"{provider_id}: {'rejected' if result.changed else 'already rejected'}")
+def reject(obj: Context, provider_id: str, reason: str, stream_namespace: str) -> None:
+    """Reject a pending (or revoke an approved) provider, and tell it why."""
+    obj.onboarding(None, stream_namespace=stream_namespace).reject(provider_id, reason)
+    click.echo(f"{provider_id}: rejected")
+
+
+@main.command()
+@click.option(
+    "--policy",
+    "policy_path",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Approval policy YAML (default: manual approval, public addresses only).",
+)
+@KUBECONFIG_OPTION
+@click.option("--join-endpoint", help="HOST:PORT providers join (default: the kubeconfig's server).")
+@click.option(
+    "--token-ttl",
+    type=click.IntRange(MIN_TOKEN_TTL_S // 60, MAX_TOKEN_TTL_S // 60),
+    default=DEFAULT_TOKEN_TTL_S // 60,
+    show_default=True,
+    help="Join token lifetime, minutes.",
+)
+@click.option("--group", default=DEFAULT_GROUP, show_default=True, help="Consumer group.")
+@click.option("--consumer", default="", help="Consumer name [default: host-pid].")
+@click.option("--batch", type=click.IntRange(1, 10_000), default=500, show_default=True)
+@click.option("--block-ms", type=click.IntRange(1, 60_000), default=1000, show_default=True)
+@click.option(
+    "--claim-idle-ms",
+    type=click.IntRange(1000),
+    default=60_000,
+    show_default=True,
+    help="Claim entries another consumer left pending this long.",
+)
+@click.option(
+    "--reconcile-interval",
+    type=click.FloatRange(0.1),
+    default=10.0,
+    show_default=True,
+    help="Seconds between reconcile passes (tokens retried, Joined/Available).",
+)
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=0, help="Serve Prometheus metrics.")
+@click.option("--metrics-address", default="127.0.0.1", show_default=True)
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")
+@STREAM_NAMESPACE_OPTION
+@click.pass_obj
+@handles_errors
+def listen(
+    obj: Context,
+    policy_path: str | None,
+    kubeconfig: str | None,
+    join_endpoint: str | None,
+    token_ttl: int,
+    group: str,
+    consumer: str,
+    batch: int,
+    block_ms: int,
+    claim_idle_ms: int,
+    reconcile_interval: float,
+    metrics_port: int,
+    metrics_address: str,
+    log_level: str,
+    stream_namespace: str,
+) -> None:
+    """Run the registration listener: registrations, heartbeats and capacity updates from Redis."""
+    setup_logging(log_level)
+    try:
+        policy = ApprovalPolicy.load(policy_path) if policy_path else ApprovalPolicy()
+    except PolicyError as err:
+        fail(str(err))
+    onboarding = obj.onboarding(kubeconfig, policy, join_endpoint, token_ttl * 60, stream_namespace)
+    settings = ListenerSettings(
+        group=group,
+        consumer=consumer,
+        batch=batch,
+        block_ms=block_ms,
+        claim_idle_ms=claim_idle_ms,
+        reconcile_every_s=reconcile_interval,
+    )
+    listener = Listener(onboarding, settings)
+    listener.install_signal_handlers()
+    if metrics_port:
+        listener.serve_metrics(metrics_port, metrics_address)
+    logging.getLogger("worldland.listener").info(
+        "listening",
+        extra={
+            "group": group,
+            "consumer": listener.settings.consumer,
+            "policy": policy.mode.value,
+            "kubernetes": bool(kubeconfig),
+            "redis": redacted(obj.redis_url),
+        },
+    )
+    listener.run()
 
 
 @main.command()

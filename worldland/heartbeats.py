@@ -152,6 +152,11 @@ class HeartbeatIndex:
         )
         return [(pid, score) for pid, score in rows]
 
+    def count_stale(self, older_than: float = STALE_AFTER_S, now: float | None = None) -> int:
+        """How many providers are stale: O(log N), for metrics."""
+        cutoff = (self.clock() if now is None else now) - older_than
+        return int(self.client.zcount(self.keys.heartbeat_index, "-inf", f"({cutoff!r}"))
+
     def forget(self, provider_id: str) -> None:
         self.client.zrem(self.keys.heartbeat_index, provider_id)
         self.client.delete(self.keys.heartbeat(provider_id))

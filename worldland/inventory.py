@@ -58,7 +58,9 @@ def status_group(status: Status | str) -> str:
     return Status(status).value
 
 
-def describe_host(record: ProviderRecord, capacity: Capacity | None, last_beat: float | None) -> InventoryHost:
+def describe_host(
+    record: ProviderRecord, capacity: Capacity | None, last_beat: float | None
+) -> InventoryHost:
     """The inventory host of one provider; raises ``InvalidRecord`` when the stored data is unusable."""
     models = record.gpu_models
     if not isinstance(models, list) or not all(isinstance(m, str) for m in models):

@@ -128,6 +128,17 @@ return {'created', 'pending', ARGV[3]}
 """
 
 
+_SET_IF_EXISTS_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+"""
+
+
+def _flatten(fields: dict[str, str]) -> list[str]:
+    return [item for pair in fields.items() for item in pair]
+
+
 def iso_time(epoch: float | None) -> str | None:
     if epoch is None:
         return None
@@ -156,6 +167,9 @@ class ProviderRecord:
     approved_at: float | None = None
     status_reason: str = ""
     last_error: str = ""
+    # The join token's public id and expiry; the secret lives only in the cluster's Secret.
+    token_id: str = ""
+    token_expires_at: float | None = None
 
     @classmethod
     def from_hash(cls, data: dict[str, str]) -> ProviderRecord:
@@ -176,6 +190,8 @@ class ProviderRecord:
             approved_at=_float(data.get("approved_at")),
             status_reason=data.get("status_reason", ""),
             last_error=data.get("last_error", ""),
+            token_id=data.get("token_id", ""),
+            token_expires_at=_float(data.get("token_expires_at")),
         )
 
     @property
@@ -203,6 +219,7 @@ class ProviderRecord:
             "approved_at": iso_time(self.approved_at),
             "status_reason": self.status_reason or None,
             "last_error": self.last_error or None,
+            "token_expires_at": iso_time(self.token_expires_at),
         }
         if include_spec:
             data["spec"] = self.spec
@@ -232,6 +249,7 @@ class ProviderStore:
         self.clock = clock
         self._upsert = client.register_script(_UPSERT_SCRIPT)
         self._transition = client.register_script(_TRANSITION_SCRIPT)
+        self._set_if_exists = client.register_script(_SET_IF_EXISTS_SCRIPT)
 
     def status_index_keys(self) -> list[str]:
         return [self.keys.status_index(s) for s in STATUS_ORDER]
@@ -250,7 +268,7 @@ class ProviderStore:
             "gpu_models": json.dumps(sorted(request.spec.gpu_counts())),
             "registration": request.model_dump_json(exclude_none=True),
         }
-        flat = [item for pair in fields.items() for item in pair]
+        flat = _flatten(fields)
         now = repr(self.clock())
         for attempt in range(NODE_NAME_ATTEMPTS):
             candidate = make_node_name(request.spec.hostname, pid, attempt)
@@ -309,11 +327,19 @@ class ProviderStore:
             )
         return self.transition(provider_id, record.previous_status, expected=Status.OFFLINE)
 
+    def record_token(self, provider_id: str, token_id: str, expires_at: float) -> None:
+        """Remember which join token a provider was given (its id and expiry, never its secret)."""
+        self._set_fields(provider_id, {"token_id": token_id, "token_expires_at": repr(expires_at)})
+
     def set_error(self, provider_id: str, message: str) -> None:
         """Record (or with ``""`` clear) the last operational error on the provider, e.g. token issuing."""
-        if not self.client.exists(self.keys.provider(provider_id)):
+        self._set_fields(provider_id, {"last_error": message})
+
+    def _set_fields(self, provider_id: str, fields: dict[str, str]) -> None:
+        # HSET only if the record exists: never resurrect a half record of a deleted provider.
+        written = self._set_if_exists(keys=[self.keys.provider(provider_id)], args=[*_flatten(fields)])
+        if not written:
             raise UnknownProvider(provider_id)
-        self.client.hset(self.keys.provider(provider_id), "last_error", message)
 
     # -- reads ------------------------------------------------------------------------------------
 

@@ -1,0 +1,159 @@
+"""Redis Streams as the deployed WorldLand agent uses them: consumer groups, acks, claims, dead letters
+and answers (DESIGN.md, "Wire protocol").
+
+Stream names are fixed by the agent; ``StreamNames.namespace`` exists only so tests and benchmarks can
+share a Redis without sharing streams (production leaves it empty).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+
+from worldland.models import PROVIDER_ID_RE
+
+DEFAULT_GROUP = "orchestrator-group"
+AGENT_RESPONSE_GROUP = "agent-group"  # the deployed agent reads its answers with this group
+DEAD_LETTER_MAXLEN = 10_000
+RESPONSE_MAXLEN = 100
+RESPONSE_TTL_S = 7 * 24 * 3600  # an answer nobody reads does not stay forever
+MAX_REASON_CHARS = 512
+
+
+@dataclass(frozen=True, slots=True)
+class StreamNames:
+    namespace: str = ""
+
+    @property
+    def registration(self) -> str:
+        return f"{self.namespace}provider:registration"
+
+    @property
+    def heartbeat(self) -> str:
+        return f"{self.namespace}provider:heartbeat"
+
+    @property
+    def capacity(self) -> str:
+        return f"{self.namespace}provider:capacity"
+
+    @property
+    def inputs(self) -> tuple[str, str, str]:
+        return (self.registration, self.heartbeat, self.capacity)
+
+    def response(self, provider_id: str) -> str:
+        if not PROVIDER_ID_RE.match(provider_id):
+            raise ValueError("provider_id: not a valid provider id; no response stream for it")
+        return f"{self.namespace}provider:response:{provider_id}"
+
+    @staticmethod
+    def dead_letter(stream: str) -> str:
+        return f"{stream}:dead"
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    stream: str
+    entry_id: str
+    fields: dict[str, str]
+
+    @property
+    def data(self) -> str | None:
+        return self.fields.get("data")
+
+
+def rfc3339_now() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+def ensure_group(client: redis.Redis, stream: str, group: str, start: str = "0") -> None:
+    """Create a consumer group (and the stream) if missing; an existing group is left as it is."""
+    try:
+        client.xgroup_create(stream, group, id=start, mkstream=True)
+    except redis.ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+class StreamConsumer:
+    """One consumer of the listener's group on the three input streams."""
+
+    def __init__(self, client: redis.Redis, names: StreamNames, group: str, consumer: str) -> None:
+        self.client = client
+        self.names = names
+        self.group = group
+        self.consumer = consumer
+        self._claim_cursor: dict[str, str] = dict.fromkeys(names.inputs, "0-0")
+
+    def ensure_groups(self) -> None:
+        # From "0": registrations that waited for the first listener are answered, not skipped.
+        for stream in self.names.inputs:
+            ensure_group(self.client, stream, self.group, "0")
+
+    def read(self, count: int, block_ms: int) -> list[Entry]:
+        """New entries for this consumer (at most ``count`` per stream), waiting up to ``block_ms``."""
+        reply = self.client.xreadgroup(
+            self.group, self.consumer, dict.fromkeys(self.names.inputs, ">"), count=count, block=block_ms
+        )
+        return [
+            Entry(stream, entry_id, fields or {})
+            for stream, messages in reply or []
+            for entry_id, fields in messages
+        ]
+
+    def claim_stale(self, min_idle_ms: int, count: int) -> list[Entry]:
+        """Entries that another (crashed) consumer left pending longer than ``min_idle_ms``."""
+        claimed: list[Entry] = []
+        for stream in self.names.inputs:
+            cursor, messages, *_ = self.client.xautoclaim(
+                stream, self.group, self.consumer, min_idle_ms, self._claim_cursor[stream], count=count
+            )
+            self._claim_cursor[stream] = cursor
+            claimed.extend(Entry(stream, entry_id, fields or {}) for entry_id, fields in messages if fields)
+        return claimed
+
+    def ack(self, entries: Iterable[Entry]) -> None:
+        by_stream: dict[str, list[str]] = {}
+        for entry in entries:
+            by_stream.setdefault(entry.stream, []).append(entry.entry_id)
+        if not by_stream:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for stream, ids in by_stream.items():
+            pipe.xack(stream, self.group, *ids)
+        pipe.execute()
+
+    def pending_count(self) -> int:
+        total = 0
+        for stream in self.names.inputs:
+            summary = self.client.xpending(stream, self.group)
+            total += int(summary.get("pending", 0))
+        return total
+
+    def dead_letter(self, entry: Entry, reason: str, pipe: Any = None) -> None:
+        """Copy an entry that cannot be processed, with why, to ``<stream>:dead`` (bounded length)."""
+        target = pipe if pipe is not None else self.client
+        fields = {
+            "source_id": entry.entry_id,
+            "reason": reason[:MAX_REASON_CHARS],
+            "data": (entry.data or "")[:65536],
+            "timestamp": rfc3339_now(),
+        }
+        target.xadd(self.names.dead_letter(entry.stream), fields, maxlen=DEAD_LETTER_MAXLEN, approximate=True)
+
+
+def send_response(client: redis.Redis, names: StreamNames, provider_id: str, payload: str) -> None:
+    """Answer a provider on ``provider:response:<id>`` the way the deployed agent reads it.
+
+    The agent creates its group at ``$`` only after publishing, so a fast answer would be missed:
+    the group is created at ``0`` before the answer is written (an existing group is kept).
+    """
+    stream = names.response(provider_id)
+    ensure_group(client, stream, AGENT_RESPONSE_GROUP, "0")
+    pipe = client.pipeline(transaction=False)
+    pipe.xadd(stream, {"data": payload, "timestamp": rfc3339_now()}, maxlen=RESPONSE_MAXLEN, approximate=True)
+    pipe.expire(stream, RESPONSE_TTL_S)
+    pipe.execute()
