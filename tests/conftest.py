@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from tests.kube_server.fixtures import kube_api, kube_server  # noqa: F401 (fixtures)
 from tests.redis_server import RedisServer
 from worldland.keys import Keys
 

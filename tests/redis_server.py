@@ -21,7 +21,8 @@ def _free_port() -> int:
 class RedisServer:
     """Starts ``redis-server`` on 127.0.0.1 at a free port (never 6379) in its own directory."""
 
-    def __init__(self) -> None:
+    def __init__(self, persist: bool = False) -> None:
+        self.persist = persist  # append-only file in the work dir, so data survives a restart
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
         self.workdir = Path(tempfile.mkdtemp(prefix="worldland-redis-"))
@@ -31,36 +32,28 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, attempts: int = 5) -> RedisServer:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server is not installed (make test installs it through apt)")
         for _ in range(attempts):
             self.port = _free_port()
-            self.process = subprocess.Popen(
-                [
-                    binary,
-                    "--bind",
-                    "127.0.0.1",
-                    "--port",
-                    str(self.port),
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--dir",
-                    str(self.workdir),
-                    "--daemonize",
-                    "no",
-                    "--loglevel",
-                    "warning",
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-            )
-            if self._wait_ready():
+            if self._launch():
                 return self
             self.stop()
         raise RuntimeError("could not start redis-server on a free port")
+
+    def restart(self) -> None:
+        """Stop and start again on the same port (what a Redis restart looks like to clients)."""
+        self.stop()
+        if not self._launch():
+            raise RuntimeError(f"could not restart redis-server on port {self.port}")
+
+    def _launch(self) -> bool:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed (make test installs it through apt)")
+        args = ["--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--dir", str(self.workdir)]
+        args += ["--appendonly", "yes" if self.persist else "no", "--appendfsync", "no"]
+        args += ["--daemonize", "no", "--loglevel", "warning"]
+        self.process = subprocess.Popen([binary, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return self._wait_ready()
 
     def _wait_ready(self, timeout: float = 10.0) -> bool:
         client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.2)

@@ -45,8 +45,9 @@ def store(redis_client: redis.Redis, keys: Keys, clock: FakeClock) -> ProviderSt
 
 
 def put_in(store: ProviderStore, provider_id: str, status: Status, previous: Status | None = None) -> None:
-    """Register a provider and walk it to ``status`` along legal transitions."""
-    store.upsert_registration(registration(provider_id))
+    """Register a provider (unless it is already) and walk it to ``status`` along legal transitions."""
+    if store.get(provider_id) is None:
+        store.upsert_registration(registration(provider_id))
     if status is Status.OFFLINE:
         for step in PATH_TO[previous or Status.AVAILABLE]:
             store.transition(provider_id, step)

@@ -54,7 +54,13 @@ class GpuCapacity:
     mining: int = 0
 
     def to_dict(self) -> dict[str, int]:
-        return asdict(self)
+        # Spelled out: dataclasses.asdict deep-copies and dominated listing 10,000 providers.
+        return {
+            "total": self.total,
+            "available": self.available,
+            "in_use": self.in_use,
+            "mining": self.mining,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +72,7 @@ class PoolCapacity:
     in_use: int = 0
 
     def to_dict(self) -> dict[str, int]:
-        return asdict(self)
+        return {"total": self.total, "available": self.available, "in_use": self.in_use}
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +107,10 @@ class Capacity:
         gpu_fields: dict[str, dict[str, int]] = {}
         pools: dict[str, dict[str, int]] = {"cpu": {}, "mem": {}}
         for name, value in raw.items():
-            name, value = _text(name), int(_text(value))
+            # A decoding client gives str: skip _text (listing 10,000 ledgers comes here 200,000 times).
+            if type(name) is not str:
+                name = _text(name)
+            value = int(value) if type(value) is str else int(_text(value))
             kind, _, rest = name.partition(":")
             if kind == "gpu":
                 model, _, part = rest.rpartition(":")

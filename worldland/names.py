@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Iterable
@@ -48,6 +49,7 @@ def label_value(text: str) -> str:
     return f"{cleaned}-{suffix}" if cleaned else suffix
 
 
+@functools.lru_cache(maxsize=4096)  # a fleet has few distinct models; listings ask for them per provider
 def canonical_gpu_model(name: str) -> str:
     """The canonical model name used everywhere: labels, capacity maps, prices, inventory groups.
 
@@ -68,6 +70,7 @@ def canonical_gpu_model(name: str) -> str:
     return value
 
 
+@functools.lru_cache(maxsize=4096)
 def gpu_model_group(model: str) -> str:
     """Inventory group name for a canonical GPU model (``RTX-4090`` -> ``gpu_RTX_4090``)."""
     return "gpu_" + re.sub(r"[^A-Za-z0-9_]", "_", model)
