@@ -296,7 +296,7 @@ def test_bootstrap_token_secret_of_missing_and_expired_tokens(target: Target) ->
 
 def test_satisfies_the_onboarding_cluster_protocol(target: Target) -> None:
     """The calls ``worldland.onboarding`` makes, in the shapes it makes them."""
-    cluster = kube.KubeCluster.from_kubeconfig(target.kubeconfig, join_endpoint="203.0.113.7:6443")
+    cluster = kube.KubeClient.from_kubeconfig(target.kubeconfig, join_endpoint="203.0.113.7:6443")
     try:
         token_id, secret = kube.new_bootstrap_token()
         target.tokens.append(token_id)
@@ -312,10 +312,10 @@ def test_satisfies_the_onboarding_cluster_protocol(target: Target) -> None:
         assert cluster.apply_labels(node, node_labels("p", ["NVIDIA A100-SXM4-80GB"], "joined")) is True
     finally:
         cluster.close()
-    with kube.KubeCluster.from_kubeconfig(target.kubeconfig) as plain:
+    with kube.KubeClient.from_kubeconfig(target.kubeconfig) as plain:
         assert plain.join_endpoint() == (plain.api_endpoint().host, plain.api_endpoint().port)
     with pytest.raises(ValueError):
-        kube.KubeCluster.from_kubeconfig(target.kubeconfig, join_endpoint="no-port")
+        kube.KubeClient.from_kubeconfig(target.kubeconfig, join_endpoint="no-port")
 
 
 def test_delete_bootstrap_token(target: Target) -> None:

@@ -57,9 +57,9 @@ class Context:
     ) -> Onboarding:
         cluster = None
         if kubeconfig:
-            from worldland.kube import KubeCluster
+            from worldland.kube import KubeClient
 
-            cluster = KubeCluster.from_kubeconfig(kubeconfig, join_endpoint=join_endpoint)
+            cluster = KubeClient.from_kubeconfig(kubeconfig, join_endpoint=join_endpoint)
         return Onboarding(
             fleet=self.fleet,
             streams=StreamNames(stream_namespace),
@@ -247,6 +247,13 @@ def reject(obj: Context, provider_id: str, reason: str, stream_namespace: str) -
     help="Claim entries another consumer left pending this long.",
 )
 @click.option(
+    "--claim-interval",
+    type=click.FloatRange(0.1),
+    default=30.0,
+    show_default=True,
+    help="Seconds between looks for such entries.",
+)
+@click.option(
     "--reconcile-interval",
     type=click.FloatRange(0.1),
     default=10.0,
@@ -270,6 +277,7 @@ def listen(
     batch: int,
     block_ms: int,
     claim_idle_ms: int,
+    claim_interval: float,
     reconcile_interval: float,
     metrics_port: int,
     metrics_address: str,
@@ -289,6 +297,7 @@ def listen(
         batch=batch,
         block_ms=block_ms,
         claim_idle_ms=claim_idle_ms,
+        claim_every_s=claim_interval,
         reconcile_every_s=reconcile_interval,
     )
     listener = Listener(onboarding, settings)

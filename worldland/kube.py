@@ -69,7 +69,6 @@ __all__ = [
     "BootstrapTokenInfo",
     "JoinInfo",
     "KubeClient",
-    "KubeCluster",
     "KubeConflict",
     "KubeError",
     "KubeNotFound",
@@ -950,7 +949,3 @@ class KubeClient:
             return True
         assert last is not None
         raise last
-
-
-# The name ``worldland.onboarding`` and the CLI use for it.
-KubeCluster = KubeClient

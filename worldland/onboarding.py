@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from worldland.capacity import CapacityError
 from worldland.fleet import Fleet
@@ -32,6 +32,9 @@ from worldland.policy import ApprovalMode, ApprovalPolicy
 from worldland.store import ProviderRecord, StatusConflict, StoreError, WalletMismatch
 from worldland.streams import StreamNames, send_response
 
+if TYPE_CHECKING:  # the Kubernetes client is imported only where a cluster is used
+    from worldland.kube import NodeState
+
 log = logging.getLogger("worldland.onboarding")
 
 DEFAULT_TOKEN_TTL_S = 30 * 60
@@ -41,7 +44,7 @@ MAX_READABLE_ID_PROBE = 65536
 
 
 class Cluster(Protocol):
-    """What onboarding needs from Kubernetes (implemented by ``worldland.kube.KubeCluster``)."""
+    """What onboarding needs from Kubernetes (implemented by ``worldland.kube.KubeClient``)."""
 
     def ensure_bootstrap_token(
         self, token_id: str, secret: str, expires_at: float, description: str
@@ -53,16 +56,11 @@ class Cluster(Protocol):
 
     def join_endpoint(self) -> tuple[str, int]: ...
 
-    def node_state(self, node_name: str) -> NodeState: ...
+    def node_states(self, node_names: Iterable[str]) -> dict[str, NodeState]: ...
 
-    def apply_labels(self, node_name: str, labels: dict[str, str | None]) -> bool: ...
-
-
-@dataclass(frozen=True, slots=True)
-class NodeState:
-    exists: bool
-    ready: bool = False
-    gpus: int = 0  # allocatable nvidia.com/gpu
+    def apply_labels(
+        self, node_name: str, labels: Mapping[str, str | None], *, current: Mapping[str, str] | None = None
+    ) -> bool: ...
 
 
 class Rejected(Exception):
@@ -223,7 +221,11 @@ class Onboarding:
                 expires_at = now + self.token_ttl_s
                 self.store.record_token(provider_id, token_id, expires_at)
                 self.cluster.ensure_bootstrap_token(
-                    token_id, secret, expires_at, description=f"worldland provider {provider_id}"
+                    token_id,
+                    secret,
+                    expires_at,
+                    description=f"worldland provider {provider_id}",
+                    provider_id=provider_id,
                 )
                 record = self.store.require(provider_id)
             ca_hash = self.cluster.ca_cert_hash()
@@ -297,8 +299,7 @@ class Onboarding:
     # -- reconcile --------------------------------------------------------------------------------
 
     def reconcile(self) -> ReconcileReport:
-        """Approved providers get their token (retried) and become Joined once their node exists;
-        Joined ones become Available once the node is Ready with GPUs allocatable."""
+        """The listener's periodic pass: missing join tokens retried, then ``advance_nodes``."""
         report = ReconcileReport()
         if self.cluster is None:
             return report
@@ -306,20 +307,35 @@ class Onboarding:
             needs_token = not record.token_id or record.last_error
             if needs_token and self.send_join_token(record.provider_id):
                 report.tokens_issued += 1
-        for record in self.store.list([Status.APPROVED, Status.JOINED]):
+        return self.advance_nodes(report)
+
+    def advance_nodes(self, report: ReconcileReport | None = None) -> ReconcileReport:
+        """Approved providers whose node exists become Joined; Joined ones whose node is Ready with GPUs
+        allocatable become Available; their labels are applied from the control plane. Shared by the
+        listener's reconcile and the audit."""
+        report = report or ReconcileReport()
+        if self.cluster is None:
+            return report
+        records = self.store.list([Status.APPROVED, Status.JOINED])
+        try:
+            states = self.cluster.node_states([r.node_name for r in records])
+        except Exception as err:  # the API is down: nothing moves, the next pass tries again
+            report.errors.append(f"nodes: {type(err).__name__}: {err}")
+            return report
+        for record in records:
+            state = states.get(record.node_name)
+            if state is None or not state.exists:
+                continue
             try:
-                self._advance(record, report)
+                self._advance(record, state, report)
             except (TransitionError, StatusConflict, StoreError):
                 continue  # changed meanwhile (an audit, an operator): the next pass sees the new state
             except Exception as err:  # one node's API failure must not stop the pass
                 report.errors.append(f"{record.provider_id}: {type(err).__name__}: {err}")
         return report
 
-    def _advance(self, record: ProviderRecord, report: ReconcileReport) -> None:
+    def _advance(self, record: ProviderRecord, state: NodeState, report: ReconcileReport) -> None:
         assert self.cluster is not None
-        state = self.cluster.node_state(record.node_name)
-        if not state.exists:
-            return
         status = record.status
         if status is Status.APPROVED:
             self.store.transition(
@@ -334,5 +350,5 @@ class Onboarding:
             report.available.append(record.provider_id)
             status = Status.AVAILABLE
         self.cluster.apply_labels(
-            record.node_name, node_labels(record.provider_id, record.gpu_models, status)
+            record.node_name, node_labels(record.provider_id, record.gpu_models, status), current=state.labels
         )
