@@ -1,10 +1,19 @@
 #!/usr/bin/env bash
 # Installs the system packages that tests and the demo need, only when missing. Idempotent.
 set -euo pipefail
+# sshd, ip live in sbin, which a non-root PATH may lack.
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
 # command -> Debian package
 declare -A wanted=(
   [redis-server]=redis-server
+  # the SSH test lab (tests/lab/): sshd per provider host, network namespaces, mount/UTS namespaces
+  [sshd]=openssh-server
+  [ssh]=openssh-client
+  [ssh-keygen]=openssh-client
+  [ip]=iproute2
+  [unshare]=util-linux
+  [nsenter]=util-linux
 )
 
 missing=()

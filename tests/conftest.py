@@ -12,6 +12,9 @@ from tests.kube_server.fixtures import kube_api, kube_server  # noqa: F401 (fixt
 from tests.redis_server import RedisServer
 from worldland.keys import Keys
 
+# The SSH lab's fixtures (lab, lab_pool, lab_gateway): tests/lab/fixtures.py
+pytest_plugins = ["tests.lab.fixtures"]
+
 REPO = Path(__file__).resolve().parent.parent
 # Copies of ../shared/protocol/; a test checks they still match when shared/ is beside the repo.
 PROTOCOL = REPO / "tests" / "data" / "protocol"

@@ -108,6 +108,7 @@ def publish_registrations(client: redis.Redis, names: StreamNames, ids: list[str
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_kill_9_mid_batch_loses_nothing_and_leaves_one_valid_token_each(
     redis_url, keys, names, kube_api, tmp_path, processes
 ):

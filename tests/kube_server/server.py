@@ -935,6 +935,8 @@ _PATH = re.compile(
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body leave as separate writes: without this, Nagle + delayed ACK add 40 ms a request.
+    disable_nagle_algorithm = True
     server: _HTTPServer
     server_version = "worldland-kube-test"
 
