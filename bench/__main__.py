@@ -1,12 +1,12 @@
-"""python -m bench {core,all} [options]"""
+"""python -m bench {core,listener,inventory,all} [options]"""
 
 from __future__ import annotations
 
 import sys
 
-from bench import core
+from bench import core, inventory, listener
 
-SUITES = {"core": core.main}
+SUITES = {"core": core.main, "listener": listener.main, "inventory": inventory.main}
 
 
 def main() -> None:
