@@ -25,6 +25,7 @@ $(STAMP): requirements/runtime.txt requirements/dev.txt pyproject.toml
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/ansible-lint --profile production --offline -q playbooks roles
 
 pytest: install
 	$(BIN)/pytest $(PYTEST_ARGS)

@@ -1,12 +1,17 @@
-"""python -m bench {core,listener,inventory,all} [options]"""
+"""python -m bench {core,listener,inventory,audit,all} [options]"""
 
 from __future__ import annotations
 
 import sys
 
-from bench import core, inventory, listener
+from bench import audit, core, inventory, listener
 
-SUITES = {"core": core.main, "listener": listener.main, "inventory": inventory.main}
+SUITES = {
+    "core": core.main,
+    "listener": listener.main,
+    "inventory": inventory.main,
+    "audit": audit.main,
+}
 
 
 def main() -> None:

@@ -26,10 +26,11 @@ HEARTBEAT_INTERVAL_S = 30
 STALE_AFTER_S = 120
 RECORD_BATCH = 1000
 
-# KEYS: provider record, heartbeat details, heartbeat index.
+# KEYS: provider record, heartbeat details, heartbeat index, node sync set.
 # ARGV: provider id, receive time, active jobs, the beat as JSON.
 # Returns {outcome, status, active_jobs_changed}: outcome 'recorded', or 'unknown'/'rejected' when the
-# beat is dropped (nothing written). A late duplicate never moves the last beat backwards.
+# beat is dropped (nothing written). A late duplicate never moves the last beat backwards. A change of
+# active jobs on a node that takes jobs marks it for the audit's label sync (never a write per beat).
 _RECORD_SCRIPT = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'unknown', '', 0} end
@@ -38,7 +39,11 @@ local last = redis.call('HMGET', KEYS[2], 'received_at', 'active_jobs')
 if tonumber(ARGV[2]) < (tonumber(last[1]) or 0) then return {'recorded', status, 0} end
 redis.call('HSET', KEYS[2], 'received_at', ARGV[2], 'active_jobs', ARGV[3], 'beat', ARGV[4])
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
-return {'recorded', status, last[2] ~= ARGV[3] and 1 or 0}
+local changed = last[2] ~= ARGV[3]
+if changed and (status == 'joined' or status == 'available') then
+  redis.call('ZINCRBY', KEYS[4], 1, ARGV[1])
+end
+return {'recorded', status, changed and 1 or 0}
 """
 
 
@@ -104,7 +109,7 @@ class HeartbeatIndex:
             for beat in batch:
                 pid = beat.provider_id
                 self._record(
-                    keys=[keys.provider(pid), keys.heartbeat(pid), keys.heartbeat_index],
+                    keys=[keys.provider(pid), keys.heartbeat(pid), keys.heartbeat_index, keys.node_sync],
                     args=[pid, received, beat.active_jobs, beat.model_dump_json(exclude={"provider_id"})],
                     client=pipe,
                 )

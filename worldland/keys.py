@@ -36,6 +36,31 @@ class Keys:
         """Hash: the last heartbeat's details (time, active jobs, usage, reported status)."""
         return f"{self.prefix}heartbeat:{provider_id}"
 
+    @property
+    def node_sync(self) -> str:
+        """Sorted set: providers whose node labels/taint must be brought in line with their state.
+
+        Marked (ZINCRBY 1) by every transition that involves a node state (store.py's Lua prelude) and
+        by a heartbeat whose active jobs changed (heartbeats.py); drained by the audit, which removes
+        a member only if its score is still the one it synced. Members left here are the node writes
+        still pending (e.g. Kubernetes was unreachable).
+        """
+        return f"{self.prefix}node-sync"
+
+    @property
+    def awaiting_first_beat(self) -> str:
+        """Sorted set: providers approved and not yet seen beating since, scored by approval time.
+
+        Added by the Pending -> Approved transition (store.py's Lua prelude); pruned by the audit,
+        whose grace period for providers that never beat reads only the expired part of it.
+        """
+        return f"{self.prefix}awaiting-first-beat"
+
+    @property
+    def audit_lock(self) -> str:
+        """String with expiry: the token of the audit pass holding the lock (SET NX PX)."""
+        return f"{self.prefix}audit-lock"
+
     def capacity(self, provider_id: str) -> str:
         """Hash: the provider's capacity ledger (per GPU model, CPU cores, memory)."""
         return f"{self.prefix}capacity:{provider_id}"

@@ -6,6 +6,7 @@ import functools
 import hashlib
 import re
 from collections.abc import Iterable
+from datetime import UTC, datetime
 
 # Vendor and brand words carry no information about the product (DESIGN.md, "Names and labels").
 VENDOR_WORDS = frozenset({"nvidia", "geforce", "tesla", "quadro"})
@@ -18,6 +19,9 @@ LABEL_RENTAL_TYPE = "worldland.io/rental-type"
 LABEL_PROVIDER_ID = "worldland.io/provider-id"
 LABEL_GPU_MODEL = "worldland.io/gpu-model"
 LABEL_RENTAL_STATUS = "worldland.io/rental-status"
+# Written by the audit only when their value changes (never per heartbeat): docs/audit.md.
+LABEL_ACTIVE_JOBS = "worldland.io/active-jobs"
+LABEL_LAST_HEARTBEAT = "worldland.io/last-heartbeat"
 RENTAL_TYPE_GPU = "gpu"
 
 _LABEL_VALUE_RE = re.compile(r"^(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]*[A-Za-z0-9])?)?\Z")
@@ -92,6 +96,15 @@ def node_labels(provider_id: str, gpu_models: Iterable[str], status: str) -> dic
         labels[LABEL_GPU_MODEL] = models[0]
     labels[LABEL_RENTAL_STATUS] = label_value(str(status))
     return labels
+
+
+def heartbeat_label_value(epoch: float, resolution_s: int) -> str:
+    """``worldland.io/last-heartbeat``: the beat time rounded down to ``resolution_s``, in UTC, as
+    ``YYYYMMDDTHHMMZ`` (ISO 8601 basic form; a label value holds no ``:``)."""
+    if resolution_s < 60:
+        raise ValueError(f"resolution_s must be at least 60, not {resolution_s}")
+    moment = datetime.fromtimestamp(epoch - epoch % resolution_s, UTC)
+    return moment.strftime("%Y%m%dT%H%MZ")
 
 
 def node_name(hostname: str, provider_id: str, attempt: int = 0) -> str:

@@ -309,10 +309,13 @@ class Onboarding:
                 report.tokens_issued += 1
         return self.advance_nodes(report)
 
-    def advance_nodes(self, report: ReconcileReport | None = None) -> ReconcileReport:
+    def advance_nodes(
+        self, report: ReconcileReport | None = None, *, dry_run: bool = False
+    ) -> ReconcileReport:
         """Approved providers whose node exists become Joined; Joined ones whose node is Ready with GPUs
         allocatable become Available; their labels are applied from the control plane. Shared by the
-        listener's reconcile and the audit."""
+        listener's reconcile and the audit. ``dry_run`` reads and reports what would move, writing
+        nothing (``worldland audit --dry-run``)."""
         report = report or ReconcileReport()
         if self.cluster is None:
             return report
@@ -327,28 +330,37 @@ class Onboarding:
             if state is None or not state.exists:
                 continue
             try:
-                self._advance(record, state, report)
+                self._advance(record, state, report, dry_run)
             except (TransitionError, StatusConflict, StoreError):
                 continue  # changed meanwhile (an audit, an operator): the next pass sees the new state
             except Exception as err:  # one node's API failure must not stop the pass
                 report.errors.append(f"{record.provider_id}: {type(err).__name__}: {err}")
         return report
 
-    def _advance(self, record: ProviderRecord, state: NodeState, report: ReconcileReport) -> None:
+    def _advance(
+        self, record: ProviderRecord, state: NodeState, report: ReconcileReport, dry_run: bool = False
+    ) -> None:
         assert self.cluster is not None
         status = record.status
         if status is Status.APPROVED:
-            self.store.transition(
-                record.provider_id, Status.JOINED, expected=Status.APPROVED, reason="node joined"
-            )
+            if not dry_run:
+                self.store.transition(
+                    record.provider_id, Status.JOINED, expected=Status.APPROVED, reason="node joined"
+                )
             report.joined.append(record.provider_id)
             status = Status.JOINED
         if status is Status.JOINED and state.ready and state.gpus > 0:
-            self.store.transition(
-                record.provider_id, Status.AVAILABLE, expected=Status.JOINED, reason="node ready with GPUs"
-            )
+            if not dry_run:
+                self.store.transition(
+                    record.provider_id,
+                    Status.AVAILABLE,
+                    expected=Status.JOINED,
+                    reason="node ready with GPUs",
+                )
             report.available.append(record.provider_id)
             status = Status.AVAILABLE
+        if dry_run:
+            return
         self.cluster.apply_labels(
             record.node_name, node_labels(record.provider_id, record.gpu_models, status), current=state.labels
         )

@@ -27,6 +27,9 @@ OnInvalid = Callable[[str, Exception], None]  # (provider id, why its record doe
 LIST_CHUNK = 2000  # providers fetched per pipeline when listing
 NODE_NAME_ATTEMPTS = 4
 STATUS_ORDER: tuple[Status, ...] = tuple(Status)
+# States in which a provider's node may carry our labels/taint: a transition from or to one of them
+# marks the node for the audit's label/taint sync (``Keys.node_sync``).
+NODE_SYNC_STATES: tuple[Status, ...] = (Status.JOINED, Status.AVAILABLE, Status.OFFLINE)
 
 
 class StoreError(ValueError):
@@ -64,11 +67,15 @@ def _lua_transition_table() -> str:
 
 
 # Shared by every script that changes a status: one Lua home for the transition rule, generated
-# from lifecycle.TRANSITIONS. The six status index keys are passed as KEYS[first_index..+5] in
-# STATUS_ORDER. Returns {'ok'|'noop'|'illegal'|'illegal_recovery', current, previous}.
+# from lifecycle.TRANSITIONS. ``ProviderStore.transition_keys()`` are passed as KEYS[first_index..+7]:
+# the six status indexes in STATUS_ORDER, then ``Keys.node_sync`` and ``Keys.awaiting_first_beat``.
+# Besides the status, a transition records ``approved_at`` and enters the grace-period set on
+# Pending -> Approved, and marks the node for a label/taint sync when a node state is involved.
+# Returns {'ok'|'noop'|'illegal'|'illegal_recovery', current, previous}.
 LUA_TRANSITION_PRELUDE = f"""
 local ALLOWED = {_lua_transition_table()}
 local ORDER = {{{", ".join(repr(s.value) for s in STATUS_ORDER)}}}
+local NODE_SYNC = {{{", ".join(f"{s.value}=true" for s in NODE_SYNC_STATES)}}}
 local function index_key(first_index, status)
   for i, name in ipairs(ORDER) do
     if name == status then return KEYS[first_index + i - 1] end
@@ -86,15 +93,19 @@ local function transition(provider_key, provider_id, first_index, current, targe
   end
   if target == 'approved' and current == 'pending' then
     redis.call('HSET', provider_key, 'approved_at', now)
+    redis.call('ZADD', KEYS[first_index + 7], now, provider_id)
   end
   redis.call('HSET', provider_key, 'status', target, 'status_changed_at', now, 'status_reason', reason)
   redis.call('SREM', index_key(first_index, current), provider_id)
   redis.call('SADD', index_key(first_index, target), provider_id)
+  if NODE_SYNC[current] or NODE_SYNC[target] then
+    redis.call('ZINCRBY', KEYS[first_index + 6], 1, provider_id)
+  end
   return {{'ok', current, previous}}
 end
 """
 
-# KEYS: provider, status indexes (6). ARGV: id, target, now, reason, expected current ('' = any).
+# KEYS: provider, transition keys (8). ARGV: id, target, now, reason, expected current ('' = any).
 _TRANSITION_SCRIPT = (
     LUA_TRANSITION_PRELUDE
     + """
@@ -254,6 +265,10 @@ class ProviderStore:
     def status_index_keys(self) -> list[str]:
         return [self.keys.status_index(s) for s in STATUS_ORDER]
 
+    def transition_keys(self) -> list[str]:
+        """The keys ``LUA_TRANSITION_PRELUDE`` expects from its ``first_index``, in its order."""
+        return [*self.status_index_keys(), self.keys.node_sync, self.keys.awaiting_first_beat]
+
     # -- writes -----------------------------------------------------------------------------------
 
     def upsert_registration(self, request: RegistrationRequest) -> UpsertResult:
@@ -301,7 +316,7 @@ class ProviderStore:
         target = Status(target)
         outcome, current, previous = self._run(
             self._transition,
-            [self.keys.provider(provider_id), *self.status_index_keys()],
+            [self.keys.provider(provider_id), *self.transition_keys()],
             [provider_id, target.value, repr(self.clock()), reason, expected.value if expected else ""],
         )
         if outcome == "unknown":
