@@ -19,7 +19,7 @@ from typing import Any
 
 import redis
 
-from tests.factories import registration_dict
+from tests.factories import heartbeat_dict, registration_dict
 from tests.redis_server import RedisServer
 from worldland.capacity import Allocation, CapacityLedger, JobRequest
 from worldland.config import connect
@@ -140,23 +140,7 @@ def _bare_heartbeat_pipeline(client: redis.Redis, keys: Keys, beats: list[Heartb
 def bench_heartbeats(url: str, keys: Keys, provider_ids: list[str], rounds: int) -> dict:
     client = connect(url)
     index = HeartbeatIndex(client, keys)
-    beats = [
-        Heartbeat.model_validate_json(
-            json.dumps(
-                {
-                    "provider_id": pid,
-                    "node_name": f"rig-{pid}",
-                    "status": "available",
-                    "gpu_usage": [12.5] * 8,
-                    "cpu_usage": 7.25,
-                    "memory_usage": 31.0,
-                    "active_jobs": 1,
-                    "timestamp": "2026-11-26T09:20:32.5Z",
-                }
-            )
-        )
-        for pid in provider_ids
-    ]
+    beats = [Heartbeat.model_validate_json(json.dumps(heartbeat_dict(pid))) for pid in provider_ids]
     core_best = bare_best = float("inf")
     for r in range(rounds):  # interleaved so both see the same server state
         t_core, outcomes = timed(lambda r=r: index.record_many(beats, now=1e9 + 2 * r))

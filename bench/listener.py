@@ -20,7 +20,7 @@ from pathlib import Path
 
 import redis
 
-from tests.factories import registration_dict
+from tests.factories import heartbeat_dict, registration_dict
 from tests.kube_server.server import KubeApiServer
 from tests.redis_server import RedisServer
 from worldland.config import connect
@@ -34,16 +34,6 @@ from worldland.models import Heartbeat
 from worldland.onboarding import Onboarding
 from worldland.policy import ApprovalMode, ApprovalPolicy
 from worldland.streams import StreamNames
-
-HEARTBEAT = {
-    "node_name": "rig-07-3f5ce5",
-    "status": "available",
-    "gpu_usage": [12.5] * 8,
-    "cpu_usage": 7.25,
-    "memory_usage": 31.0,
-    "active_jobs": 1,
-    "timestamp": "2026-11-26T09:20:32.5Z",
-}
 
 
 def listener_for(
@@ -106,7 +96,7 @@ def bench_heartbeats(
     for pid in ids:  # the heartbeat path reads only the status: seed just that
         pipe.hset(keys.provider(pid), mapping={"provider_id": pid, "status": "available"})
     pipe.execute()
-    payloads = [json.dumps({**HEARTBEAT, "provider_id": ids[i % fleet]}) for i in range(count)]
+    payloads = [json.dumps(heartbeat_dict(ids[i % fleet])) for i in range(count)]
     publish(client, listener.onboarding.streams.heartbeat, payloads)
     writes_before = len(server.writes_after(0))
     listener_s = drain(listener, count)

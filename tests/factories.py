@@ -62,3 +62,18 @@ def registration_dict(
 
 def registration(provider_id: str, **kwargs: Any) -> RegistrationRequest:
     return parse_registration(json.dumps(registration_dict(provider_id, **kwargs)))
+
+
+def heartbeat_dict(provider_id: str, **fields: Any) -> dict[str, Any]:
+    """A heartbeat as the Go agent sends it, for an 8-GPU machine."""
+    return {
+        "provider_id": provider_id,
+        "node_name": f"rig-{provider_id}",
+        "status": "available",
+        "gpu_usage": [12.5] * 8,
+        "cpu_usage": 7.25,
+        "memory_usage": 31.0,
+        "active_jobs": 1,
+        "timestamp": "2026-11-26T09:20:32.5Z",
+        **fields,
+    }
