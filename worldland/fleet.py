@@ -17,7 +17,7 @@ from worldland.heartbeats import HeartbeatIndex
 from worldland.keys import Keys
 from worldland.lifecycle import Status
 from worldland.models import RegistrationRequest
-from worldland.store import Clock, ProviderRecord, ProviderStore, TransitionResult, UpsertResult, iso_time
+from worldland.store import Clock, ProviderStore, TransitionResult, UpsertResult, iso_time
 
 MAX_REASON_LENGTH = 512
 
@@ -66,26 +66,27 @@ class Fleet:
             raise ValueError(f"reason: at most {MAX_REASON_LENGTH} characters")
         return self.store.transition(provider_id, Status.REJECTED, reason=reason)
 
-    def describe(
-        self, statuses: list[Status] | None = None, include_spec: bool = False
-    ) -> list[dict[str, Any]]:
-        """Providers as plain dicts (record, last heartbeat, capacity); a few pipelined round trips."""
-        return self._describe(self.store.list(statuses), include_spec)
-
-    def describe_one(self, provider_id: str) -> dict[str, Any]:
-        return self._describe([self.store.require(provider_id)], include_spec=True)[0]
-
-    def _describe(self, records: list[ProviderRecord], include_spec: bool) -> list[dict[str, Any]]:
+    def describe(self, statuses: list[Status] | None = None) -> list[dict[str, Any]]:
+        """Providers as plain dicts (record, time of last heartbeat, capacity); a few round trips."""
+        records = self.store.list(statuses)
         ids = [r.provider_id for r in records]
-        beats = self.heartbeats.last_beats(ids)
+        beat_times = self.heartbeats.last_beat_times(ids)
         capacities = self.ledger.get_many(ids)
         described = []
         for record in records:
-            beat = beats.get(record.provider_id)
+            item = record.to_dict(include_spec=False)
+            item["last_heartbeat"] = iso_time(beat_times.get(record.provider_id))
             capacity = capacities.get(record.provider_id)
-            item = record.to_dict(include_spec)
-            item["last_heartbeat"] = iso_time(beat.received_at) if beat else None
-            item["heartbeat"] = beat.to_dict() if beat else None
             item["capacity"] = capacity.to_dict() if capacity else None
             described.append(item)
         return described
+
+    def describe_one(self, provider_id: str) -> dict[str, Any]:
+        """One provider in full: the list view plus its spec and its last heartbeat's details."""
+        record = self.store.require(provider_id)
+        beat = self.heartbeats.last_beats([provider_id])[provider_id]
+        item = record.to_dict(include_spec=True)
+        item["last_heartbeat"] = iso_time(beat.received_at) if beat else None
+        item["heartbeat"] = beat.to_dict() if beat else None
+        item["capacity"] = self.ledger.get(provider_id).to_dict()
+        return item

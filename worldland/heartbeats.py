@@ -24,26 +24,44 @@ from worldland.store import Clock, ProviderStore, StatusConflict, iso_time
 
 HEARTBEAT_INTERVAL_S = 30
 STALE_AFTER_S = 120
-RECORD_BATCH = 1000
+RECORD_BATCH = 500  # beats per script call: each call holds Redis for a few milliseconds at most
 
-# KEYS: provider record, heartbeat details, heartbeat index, node sync set.
-# ARGV: provider id, receive time, active jobs, the beat as JSON.
-# Returns {outcome, status, active_jobs_changed}: outcome 'recorded', or 'unknown'/'rejected' when the
-# beat is dropped (nothing written). A late duplicate never moves the last beat backwards. A change of
-# active jobs on a node that takes jobs marks it for the audit's label sync (never a write per beat).
+# One call records a whole batch: per-call overhead (client packing, script dispatch) dominated a
+# call per beat. Per-provider keys are built as <template><provider id> from the templates that
+# ``Keys`` produces for an empty id, so keys.py stays the only place that spells key names (a single
+# Redis primary carries the fleet, DESIGN.md; no cluster slots to respect).
+# KEYS: heartbeat index, node sync set.
+# ARGV: receive time, provider-key template, heartbeat-key template, then (id, active jobs, beat JSON)
+# per beat. Returns (outcome, status, active_jobs_changed) per beat, flattened: outcome 'recorded', or
+# 'unknown'/'rejected' when the beat is dropped (nothing written). A late duplicate never moves the last
+# beat backwards. A change of active jobs on a node that takes jobs marks it for the audit's label sync
+# (never a write per beat).
 _RECORD_SCRIPT = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return {'unknown', '', 0} end
-if status == 'rejected' then return {'rejected', status, 0} end
-local last = redis.call('HMGET', KEYS[2], 'received_at', 'active_jobs')
-if tonumber(ARGV[2]) < (tonumber(last[1]) or 0) then return {'recorded', status, 0} end
-redis.call('HSET', KEYS[2], 'received_at', ARGV[2], 'active_jobs', ARGV[3], 'beat', ARGV[4])
-redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
-local changed = last[2] ~= ARGV[3]
-if changed and (status == 'joined' or status == 'available') then
-  redis.call('ZINCRBY', KEYS[4], 1, ARGV[1])
+local now, now_n = ARGV[1], tonumber(ARGV[1])
+local out = {}
+for i = 4, #ARGV, 3 do
+  local id, jobs, beat = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local status = redis.call('HGET', ARGV[2] .. id, 'status')
+  if not status then
+    out[#out + 1] = 'unknown'; out[#out + 1] = ''; out[#out + 1] = 0
+  elseif status == 'rejected' then
+    out[#out + 1] = 'rejected'; out[#out + 1] = status; out[#out + 1] = 0
+  else
+    local hb = ARGV[3] .. id
+    local last = redis.call('HMGET', hb, 'received_at', 'active_jobs')
+    local changed = 0
+    if now_n >= (tonumber(last[1]) or 0) then
+      redis.call('HSET', hb, 'received_at', now, 'active_jobs', jobs, 'beat', beat)
+      redis.call('ZADD', KEYS[1], now, id)
+      if last[2] ~= jobs then
+        changed = 1
+        if status == 'joined' or status == 'available' then redis.call('ZINCRBY', KEYS[2], 1, id) end
+      end
+    end
+    out[#out + 1] = 'recorded'; out[#out + 1] = status; out[#out + 1] = changed
+  end
 end
-return {'recorded', status, changed and 1 or 0}
+return out
 """
 
 
@@ -99,21 +117,19 @@ class HeartbeatIndex:
         return self.record_many([beat], now)[0]
 
     def record_many(self, beats: Sequence[Heartbeat], now: float | None = None) -> list[BeatOutcome]:
-        """Record heartbeats, RECORD_BATCH per round trip; one outcome per beat, in order."""
+        """Record heartbeats, RECORD_BATCH per call; one outcome per beat, in order."""
         received = repr(self.clock() if now is None else now)
-        keys = self.keys
+        fixed = [received, self.keys.provider(""), self.keys.heartbeat("")]
+        index_keys = [self.keys.heartbeat_index, self.keys.node_sync]
         outcomes: list[BeatOutcome] = []
         for start in range(0, len(beats), RECORD_BATCH):
             batch = beats[start : start + RECORD_BATCH]
-            pipe = self.client.pipeline(transaction=False)
+            args = list(fixed)
             for beat in batch:
-                pid = beat.provider_id
-                self._record(
-                    keys=[keys.provider(pid), keys.heartbeat(pid), keys.heartbeat_index, keys.node_sync],
-                    args=[pid, received, beat.active_jobs, beat.model_dump_json(exclude={"provider_id"})],
-                    client=pipe,
-                )
-            for beat, (outcome, status, changed) in zip(batch, pipe.execute(), strict=True):
+                args += (beat.provider_id, beat.active_jobs, beat.model_dump_json(exclude={"provider_id"}))
+            reply = self._record(keys=index_keys, args=args)
+            for i, beat in enumerate(batch):
+                outcome, status, changed = reply[3 * i : 3 * i + 3]
                 outcomes.append(BeatOutcome(beat.provider_id, outcome, status, bool(changed)))
         return [self._recover_if_offline(o) for o in outcomes]
 
