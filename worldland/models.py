@@ -413,7 +413,9 @@ def parse_message(model: type[M], raw: bytes | str, *, allow_private_ips: bool =
     """Parse and validate one wire message; raise ``MessageError`` naming the field and the reason."""
     if not isinstance(raw, str | bytes | bytearray):
         raise MessageError("message", f"must be bytes or text, not {type(raw).__name__}")
-    size = len(raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw)
+    size = len(raw)
+    if isinstance(raw, str) and size * 4 > MAX_MESSAGE_BYTES:  # short text cannot exceed it: skip encoding
+        size = len(raw.encode("utf-8", "surrogatepass"))
     if size > MAX_MESSAGE_BYTES:
         raise MessageError("message", f"is {size} bytes; at most {MAX_MESSAGE_BYTES} are accepted")
     if isinstance(raw, bytes | bytearray):
