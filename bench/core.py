@@ -70,7 +70,7 @@ def _pairs_worker(
     """Allocate+release pairs for ``seconds`` from wall-clock ``start_at`` (so workers overlap fully).
 
     ``batch`` 0: one allocate and one release call per pair; else ``batch`` jobs per
-    ``allocate_many``/``release_many`` round trip.
+    ``allocate_many``/``release_many`` call.
     """
     ledger = CapacityLedger(connect(url), Keys(prefix))
     done = 0
@@ -91,14 +91,14 @@ def _pairs_worker(
             ]
             taken = ledger.allocate_many(jobs)
             assert all(isinstance(t, Allocation) for t in taken), taken[:3]
-            assert all(ledger.release_many([j.job_id for j in jobs], [j.provider_id for j in jobs]))
+            assert all(ledger.release_many([j.job_id for j in jobs]))
             done += batch
             continue
         for i in range(100):  # bounded inner loop; the deadline bounds the whole
             pid = provider_ids[(done + i) % len(provider_ids)]
             job = f"w{worker}-{done + i}"
             ledger.allocate(job, pid, "A100-SXM4-80GB", 1, 2, 1024)
-            ledger.release(job, pid)
+            ledger.release(job)
         done += 100
     return done
 

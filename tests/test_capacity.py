@@ -193,16 +193,15 @@ def test_release_is_idempotent(ledger: CapacityLedger, provider: str) -> None:
     assert ledger.get(provider) == after
 
 
-def test_release_with_provider_hint(ledger: CapacityLedger, provider: str, redis_client, keys) -> None:
+def test_release_finds_the_owner_itself(ledger: CapacityLedger, provider: str, redis_client, keys) -> None:
     make_available(redis_client, keys, "p2")
     ledger.set_totals("p2", {GPU: 1}, 1, 1)
     alloc = ledger.allocate("job-1", provider, GPU, 1, 1, 1)
-    other = ledger.allocate("job-2", provider, GPU, 1, 1, 1)
-    assert ledger.release("job-1", provider) == alloc
-    assert ledger.release("job-2", "p2") == other  # a wrong hint is corrected, p2 is untouched
+    other = ledger.allocate("job-2", "p2", GPU, 1, 1, 1)
+    assert ledger.release_many(["job-2", "job-1"]) == [other, alloc]
     assert ledger.get("p2").gpus[GPU] == GpuCapacity(1, 1, 0, 0)
     assert ledger.get(provider).gpus[GPU] == GpuCapacity(4, 4, 0, 0)
-    assert ledger.release("job-2", provider) is None
+    assert ledger.release("job-2") is None
 
 
 def test_allocate_same_job_is_idempotent(ledger: CapacityLedger, provider: str, redis_client, keys) -> None:
@@ -253,14 +252,6 @@ def test_allocate_many_is_per_job_all_or_nothing(ledger: CapacityLedger, provide
     assert released[3] is None  # the second release of b1 in the same batch finds nothing
     assert ledger.get(provider).gpus[GPU] == GpuCapacity(total=4, available=4)
     assert ledger.get(provider).cpu == PoolCapacity(total=32, available=32)
-    # With provider hints (one round trip); a wrong hint is followed to the real owner.
-    again = ledger.allocate_many([JobRequest("h1", provider, GPU, 1), JobRequest("h2", provider, GPU, 1)])
-    assert all(isinstance(a, Allocation) for a in again)
-    hinted = ledger.release_many(["h1", "h2"], [provider, "not-the-owner"])
-    assert hinted == again
-    assert ledger.get(provider).gpus[GPU] == GpuCapacity(total=4, available=4)
-    with pytest.raises(CapacityError, match="provider_ids"):
-        ledger.release_many(["h1"], [])
 
 
 def test_set_totals_below_in_use_refused_and_nothing_changes(ledger: CapacityLedger, provider: str) -> None:

@@ -33,7 +33,7 @@ from worldland.names import canonical_gpu_model
 
 JOB_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 MAX_MODEL_NAME = 128
-_RELEASE_ATTEMPTS = 8
+BATCH = 500  # jobs per script call: each call holds Redis for a few milliseconds at most
 
 
 class CapacityError(ValueError):
@@ -240,96 +240,121 @@ redis.call('HSET', cap,
 return {'ok'}
 """
 
-_ALLOCATE = """
--- KEYS: capacity hash, provider record, job hash, provider's job set.
--- ARGV: job_id, provider_id, model ('' for none), gpus, cpu cores, memory MiB, required status.
-local cap, prov, job, pjobs = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local job_id, pid, model = ARGV[1], ARGV[2], ARGV[3]
-local gpus, cpu, mem = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+_ALLOCATE_MANY = """
+-- One call allocates a batch; each job is all or nothing, in order (a job id twice: the second
+-- finds the first). Keys are <template><id> from the templates ``Keys`` gives for an empty id.
+-- ARGV: capacity, provider, job and job-set key templates, the required status, then per job:
+-- job_id, provider_id, model ('' for none), gpus, cpu cores, memory MiB. Returns per job its reply's
+-- length and the reply: {'ok', from_mining} | {'existing', provider, model, gpus, from_mining, cpu,
+-- memory} | {'err', message}.
+local function allocate(cap, prov, job, pjobs, job_id, pid, model, gpus, cpu, mem, required)
+  if redis.call('EXISTS', job) == 1 then
+    local j = redis.call('HMGET', job, 'provider', 'model', 'gpus', 'from_mining', 'cpu', 'memory_mb')
+    return {'existing', j[1] or '', j[2] or '', j[3] or '0', j[4] or '0', j[5] or '0', j[6] or '0'}
+  end
 
-if redis.call('EXISTS', job) == 1 then
-  local j = redis.call('HMGET', job, 'provider', 'model', 'gpus', 'from_mining', 'cpu', 'memory_mb')
-  return {'existing', j[1] or '', j[2] or '', j[3] or '0', j[4] or '0', j[5] or '0', j[6] or '0'}
+  local status = redis.call('HGET', prov, 'status')
+  if not status then
+    return {'err', 'provider ' .. pid .. ' is not registered; jobs go only to available providers'}
+  end
+  if status ~= required then
+    return {'err', 'provider ' .. pid .. ' is ' .. status .. ', not ' .. required ..
+      '; jobs go only to available providers'}
+  end
+
+  local p = 'gpu:' .. model .. ':'
+  local v = redis.call('HMGET', cap, p .. 'available', p .. 'mining', p .. 'in_use',
+    'cpu:available', 'cpu:in_use', 'mem:available', 'mem:in_use')
+  local a, mi, u = 0, 0, 0
+  if gpus > 0 then a, mi, u = tonumber(v[1]) or 0, tonumber(v[2]) or 0, tonumber(v[3]) or 0 end
+  local cpu_a, cpu_u = tonumber(v[4]) or 0, tonumber(v[5]) or 0
+  local mem_a, mem_u = tonumber(v[6]) or 0, tonumber(v[7]) or 0
+
+  local short = {}
+  if gpus > a + mi then
+    table.insert(short, string.format(
+      'has %d %s GPU free for rental (%d available + %d mining), job needs %d', a + mi, model, a, mi, gpus))
+  end
+  if cpu > cpu_a then
+    table.insert(short, string.format('has %d CPU cores available, job needs %d', cpu_a, cpu))
+  end
+  if mem > mem_a then
+    table.insert(short, string.format('has %d MiB memory available, job needs %d MiB', mem_a, mem))
+  end
+  if #short > 0 then
+    return {'err', 'provider ' .. pid .. ' ' .. table.concat(short, '; ')}
+  end
+
+  local from_available = math.min(a, gpus)
+  local from_mining = gpus - from_available
+  local writes = {'cpu:available', cpu_a - cpu, 'cpu:in_use', cpu_u + cpu,
+    'mem:available', mem_a - mem, 'mem:in_use', mem_u + mem}
+  if gpus > 0 then
+    for _, x in ipairs({p .. 'available', a - from_available, p .. 'mining', mi - from_mining,
+      p .. 'in_use', u + gpus}) do table.insert(writes, x) end
+  end
+  redis.call('HSET', cap, unpack(writes))
+  redis.call('HSET', job, 'provider', pid, 'model', model, 'gpus', gpus, 'from_mining', from_mining,
+    'cpu', cpu, 'memory_mb', mem)
+  redis.call('SADD', pjobs, job_id)
+  return {'ok', tostring(from_mining)}
 end
 
-local status = redis.call('HGET', prov, 'status')
-if not status then
-  return {'err', 'provider ' .. pid .. ' is not registered; jobs go only to available providers'}
+local out = {}
+for i = 6, #ARGV, 6 do
+  local job_id, pid = ARGV[i], ARGV[i + 1]
+  local reply = allocate(ARGV[1] .. pid, ARGV[2] .. pid, ARGV[3] .. job_id, ARGV[4] .. pid, job_id, pid,
+    ARGV[i + 2], tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4]), tonumber(ARGV[i + 5]), ARGV[5])
+  out[#out + 1] = #reply
+  for _, x in ipairs(reply) do out[#out + 1] = x end
 end
-if status ~= ARGV[7] then
-  return {'err', 'provider ' .. pid .. ' is ' .. status .. ', not ' .. ARGV[7] ..
-    '; jobs go only to available providers'}
-end
-
-local p = 'gpu:' .. model .. ':'
-local v = redis.call('HMGET', cap, p .. 'available', p .. 'mining', p .. 'in_use',
-  'cpu:available', 'cpu:in_use', 'mem:available', 'mem:in_use')
-local a, mi, u = 0, 0, 0
-if gpus > 0 then a, mi, u = tonumber(v[1]) or 0, tonumber(v[2]) or 0, tonumber(v[3]) or 0 end
-local cpu_a, cpu_u = tonumber(v[4]) or 0, tonumber(v[5]) or 0
-local mem_a, mem_u = tonumber(v[6]) or 0, tonumber(v[7]) or 0
-
-local short = {}
-if gpus > a + mi then
-  table.insert(short, string.format('has %d %s GPU free for rental (%d available + %d mining), job needs %d',
-    a + mi, model, a, mi, gpus))
-end
-if cpu > cpu_a then
-  table.insert(short, string.format('has %d CPU cores available, job needs %d', cpu_a, cpu))
-end
-if mem > mem_a then
-  table.insert(short, string.format('has %d MiB memory available, job needs %d MiB', mem_a, mem))
-end
-if #short > 0 then
-  return {'err', 'provider ' .. pid .. ' ' .. table.concat(short, '; ')}
-end
-
-local from_available = math.min(a, gpus)
-local from_mining = gpus - from_available
-local writes = {'cpu:available', cpu_a - cpu, 'cpu:in_use', cpu_u + cpu,
-  'mem:available', mem_a - mem, 'mem:in_use', mem_u + mem}
-if gpus > 0 then
-  for _, x in ipairs({p .. 'available', a - from_available, p .. 'mining', mi - from_mining,
-    p .. 'in_use', u + gpus}) do table.insert(writes, x) end
-end
-redis.call('HSET', cap, unpack(writes))
-redis.call('HSET', job, 'provider', pid, 'model', model, 'gpus', gpus, 'from_mining', from_mining,
-  'cpu', cpu, 'memory_mb', mem)
-redis.call('SADD', pjobs, job_id)
-return {'ok', tostring(from_mining)}
+return out
 """
 
-_RELEASE = """
--- KEYS: job hash, capacity hash, provider's job set. ARGV: job_id, provider_id the caller read.
-local job, cap, pjobs = KEYS[1], KEYS[2], KEYS[3]
-local j = redis.call('HMGET', job, 'provider', 'model', 'gpus', 'from_mining', 'cpu', 'memory_mb')
-if not j[1] then return {'none'} end
-if j[1] ~= ARGV[2] then return {'moved', j[1]} end
+_RELEASE_MANY = """
+-- One call releases a batch; the owner of each job is read here, so callers need not know it.
+-- ARGV: job, capacity and job-set key templates, then job ids. Returns per job its reply's length
+-- and the reply: {'none'} | {'released', provider, model, gpus, from_mining, cpu, memory}.
+local function release(job, cap, pjobs, job_id)
+  local j = redis.call('HMGET', job, 'provider', 'model', 'gpus', 'from_mining', 'cpu', 'memory_mb')
+  if not j[1] then return {'none'} end
 
--- Each pool gets back what the job holds (never more than is in use, should totals have moved).
-local model = j[2] or ''
-local pools = {{'cpu:in_use', 'cpu:available', tonumber(j[5]) or 0},
-  {'mem:in_use', 'mem:available', tonumber(j[6]) or 0}}
-if model ~= '' then
-  table.insert(pools, {'gpu:' .. model .. ':in_use', 'gpu:' .. model .. ':available', tonumber(j[3]) or 0})
-end
-local names = {}
-for _, pool in ipairs(pools) do table.insert(names, pool[1]); table.insert(names, pool[2]) end
-local v = redis.call('HMGET', cap, unpack(names))
-local writes = {}
-for i, pool in ipairs(pools) do
-  local used = tonumber(v[2 * i - 1])
-  if used and pool[3] > 0 then
-    local back = math.min(used, pool[3])
-    for _, x in ipairs({pool[1], used - back, pool[2], (tonumber(v[2 * i]) or 0) + back}) do
-      table.insert(writes, x)
+  -- Each pool gets back what the job holds (never more than is in use, should totals have moved).
+  local model = j[2] or ''
+  local pools = {{'cpu:in_use', 'cpu:available', tonumber(j[5]) or 0},
+    {'mem:in_use', 'mem:available', tonumber(j[6]) or 0}}
+  if model ~= '' then
+    table.insert(pools, {'gpu:' .. model .. ':in_use', 'gpu:' .. model .. ':available', tonumber(j[3]) or 0})
+  end
+  local names = {}
+  for _, pool in ipairs(pools) do table.insert(names, pool[1]); table.insert(names, pool[2]) end
+  local v = redis.call('HMGET', cap, unpack(names))
+  local writes = {}
+  for i, pool in ipairs(pools) do
+    local used = tonumber(v[2 * i - 1])
+    if used and pool[3] > 0 then
+      local back = math.min(used, pool[3])
+      for _, x in ipairs({pool[1], used - back, pool[2], (tonumber(v[2 * i]) or 0) + back}) do
+        table.insert(writes, x)
+      end
     end
   end
+  if #writes > 0 then redis.call('HSET', cap, unpack(writes)) end
+  redis.call('DEL', job)
+  redis.call('SREM', pjobs, job_id)
+  return {'released', j[1], model, j[3] or '0', j[4] or '0', j[5] or '0', j[6] or '0'}
 end
-if #writes > 0 then redis.call('HSET', cap, unpack(writes)) end
-redis.call('DEL', job)
-redis.call('SREM', pjobs, ARGV[1])
-return {'released', j[1], model, j[3] or '0', j[4] or '0', j[5] or '0', j[6] or '0'}
+
+local out = {}
+for i = 4, #ARGV do
+  local job = ARGV[1] .. ARGV[i]
+  local owner = redis.call('HGET', job, 'provider')
+  local reply = {'none'}
+  if owner then reply = release(job, ARGV[2] .. owner, ARGV[3] .. owner, ARGV[i]) end
+  out[#out + 1] = #reply
+  for _, x in ipairs(reply) do out[#out + 1] = x end
+end
+return out
 """
 
 _SET_MINING = """
@@ -412,6 +437,20 @@ def _check_gpu_totals(gpus: object) -> dict[str, int]:
     return totals
 
 
+def _chunks(items: list, size: int) -> list[list]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _split_replies(flat: list[Any]) -> list[list[Any]]:
+    """A batch script's flat reply (length, then that many values, per item) as one list per item."""
+    replies, i = [], 0
+    while i < len(flat):
+        length = int(flat[i])
+        replies.append(flat[i + 1 : i + 1 + length])
+        i += 1 + length
+    return replies
+
+
 def _allocation(job_id: str, reply: list[Any]) -> Allocation:
     """An Allocation from a script's ``provider, model, gpus, from_mining, cpu, memory`` reply."""
     provider, model, gpus, from_mining, cpu, memory = (_text(v) for v in reply)
@@ -433,8 +472,8 @@ class CapacityLedger:
         self.client = client
         self.keys = keys
         self._set_totals = client.register_script(_SET_TOTALS)
-        self._allocate = client.register_script(_ALLOCATE)
-        self._release = client.register_script(_RELEASE)
+        self._allocate_many = client.register_script(_ALLOCATE_MANY)
+        self._release_many = client.register_script(_RELEASE_MANY)
         self._set_mining = client.register_script(_SET_MINING)
 
     # -- writes ----------------------------------------------------------------------------------
@@ -475,36 +514,44 @@ class CapacityLedger:
         Allocating a job id again with the identical request returns the original allocation; with a
         different request it is refused. ``model`` may be None only when ``gpus`` is 0.
         """
-        request = JobRequest(job_id, provider_id, model, gpus, cpu_cores, memory_mb)
-        checked, keys, args = self._allocate_call(request)
-        return self._allocate_result(checked, self._allocate(keys=keys, args=args))
+        result = self.allocate_many([JobRequest(job_id, provider_id, model, gpus, cpu_cores, memory_mb)])[0]
+        if isinstance(result, CapacityError):
+            raise result
+        return result
 
     def allocate_many(self, requests: Sequence[JobRequest]) -> list[Allocation | CapacityError]:
-        """Allocate many jobs in one round trip; each job is still all-or-nothing and atomic.
+        """Allocate many jobs in one call; each job is still all-or-nothing and atomic, in order.
 
         Returns, in order, the allocation or the ``CapacityError`` that refused it.
         """
         results: list[Allocation | CapacityError | None] = [None] * len(requests)
-        pending: list[tuple[int, Allocation]] = []
-        pipe = self.client.pipeline(transaction=False)
+        checked: list[tuple[int, Allocation]] = []
         for position, request in enumerate(requests):
             try:
-                checked, keys, args = self._allocate_call(request)
+                checked.append((position, self._checked(request)))
             except CapacityError as exc:
                 results[position] = exc
-                continue
-            self._allocate(keys=keys, args=args, client=pipe)
-            pending.append((position, checked))
-        replies = pipe.execute() if pending else []
-        for (position, checked), reply in zip(pending, replies, strict=True):
-            try:
-                results[position] = self._allocate_result(checked, reply)
-            except CapacityError as exc:
-                results[position] = exc
+        for chunk in _chunks(checked, BATCH):
+            args: list[Any] = [
+                self.keys.capacity(""),
+                self.keys.provider(""),
+                self.keys.job(""),
+                self.keys.provider_jobs(""),
+                Status.AVAILABLE.value,
+            ]
+            for _position, job in chunk:
+                args += (job.job_id, job.provider_id, job.model or "", job.gpus, job.cpu_cores, job.memory_mb)
+            replies = _split_replies(self._allocate_many(keys=[], args=args))
+            for (position, job), reply in zip(chunk, replies, strict=True):
+                try:
+                    results[position] = self._allocate_result(job, reply)
+                except CapacityError as exc:
+                    results[position] = exc
         return results  # type: ignore[return-value]
 
-    def _allocate_call(self, request: JobRequest) -> tuple[Allocation, list[str], list[Any]]:
-        """Check a request's arguments; the normalised request and the script's keys and args."""
+    @staticmethod
+    def _checked(request: JobRequest) -> Allocation:
+        """A request's arguments checked and normalised (as an Allocation taking nothing from mining)."""
         job_id = _check_job_id(request.job_id)
         provider_id = _check_provider_id(request.provider_id)
         gpus = _check_count("gpus", request.gpus, MAX_GPUS)
@@ -516,15 +563,7 @@ class CapacityLedger:
                 raise CapacityError(f"model: is required when gpus is {gpus}")
         else:
             model = _check_model("model", model)
-        checked = Allocation(job_id, provider_id, model, gpus, 0, cpu_cores, memory_mb)
-        keys = [
-            self.keys.capacity(provider_id),
-            self.keys.provider(provider_id),
-            self.keys.job(job_id),
-            self.keys.provider_jobs(provider_id),
-        ]
-        args = [job_id, provider_id, model or "", gpus, cpu_cores, memory_mb, Status.AVAILABLE.value]
-        return checked, keys, args
+        return Allocation(job_id, provider_id, model, gpus, 0, cpu_cores, memory_mb)
 
     @staticmethod
     def _allocate_result(request: Allocation, reply: list[Any]) -> Allocation:
@@ -541,61 +580,23 @@ class CapacityLedger:
             )
         return replace(request, from_mining=int(_text(reply[1])))
 
-    def release(self, job_id: str, provider_id: str | None = None) -> Allocation | None:
+    def release(self, job_id: str) -> Allocation | None:
         """Give a job's resources back (its GPUs become available); None when it holds nothing.
 
-        Idempotent: releasing an unknown or already released job changes nothing. ``provider_id``
-        is an optional hint that saves a round trip; a wrong hint is corrected, never trusted.
+        Idempotent: releasing an unknown or already released job changes nothing.
         """
-        job_id = _check_job_id(job_id)
-        job_key = self.keys.job(job_id)
-        guess = _check_provider_id(provider_id) if provider_id is not None else None
-        for _ in range(_RELEASE_ATTEMPTS):
-            if guess is None:
-                owner = self.client.hget(job_key, "provider")
-                if owner is None:
-                    return None
-                guess = _text(owner)
-            keys = [job_key, self.keys.capacity(guess), self.keys.provider_jobs(guess)]
-            reply = self._run(self._release, keys, [job_id, guess])
-            outcome = _text(reply[0])
-            if outcome == "none":
-                return None
-            if outcome == "released":
-                return _allocation(job_id, reply[1:])
-            # "moved": the job belongs to another provider (a wrong hint, or it was released and
-            # allocated elsewhere meanwhile); try again with the owner the script saw.
-            guess = _text(reply[1])
-        raise CapacityError(f"job_id: job {job_id} kept moving between providers; release it again")
+        return self.release_many([job_id])[0]
 
-    def release_many(
-        self, job_ids: Sequence[str], provider_ids: Sequence[str | None] | None = None
-    ) -> list[Allocation | None]:
-        """Release many jobs in one round trip (two without ``provider_ids`` hints); as ``release``."""
+    def release_many(self, job_ids: Sequence[str]) -> list[Allocation | None]:
+        """Release many jobs in one call; as ``release`` for each, in order."""
         checked = [_check_job_id(job_id) for job_id in job_ids]
-        hints = list(provider_ids) if provider_ids is not None else [None] * len(checked)
-        if len(hints) != len(checked):
-            raise CapacityError(f"provider_ids: {len(hints)} hints for {len(checked)} jobs")
-        owners = [_check_provider_id(h) if h is not None else None for h in hints]
-        unknown = [i for i, owner in enumerate(owners) if owner is None]
-        if unknown:
-            pipe = self.client.pipeline(transaction=False)
-            for i in unknown:
-                pipe.hget(self.keys.job(checked[i]), "provider")
-            for i, owner in zip(unknown, pipe.execute(), strict=True):
-                owners[i] = _text(owner) if owner is not None else None
-        results: list[Allocation | None] = [None] * len(checked)
-        held = [(i, owner) for i, owner in enumerate(owners) if owner is not None]
-        pipe = self.client.pipeline(transaction=False)
-        for i, owner in held:
-            keys = [self.keys.job(checked[i]), self.keys.capacity(owner), self.keys.provider_jobs(owner)]
-            self._release(keys=keys, args=[checked[i], owner], client=pipe)
-        for (i, _owner), reply in zip(held, pipe.execute() if held else [], strict=True):
-            outcome = _text(reply[0])
-            if outcome == "released":
-                results[i] = _allocation(checked[i], reply[1:])
-            elif outcome == "moved":  # a wrong hint, or re-allocated elsewhere: follow the real owner
-                results[i] = self.release(checked[i], _text(reply[1]))
+        results: list[Allocation | None] = []
+        for chunk in _chunks(checked, BATCH):
+            args = [self.keys.job(""), self.keys.capacity(""), self.keys.provider_jobs(""), *chunk]
+            for job_id, reply in zip(
+                chunk, _split_replies(self._release_many(keys=[], args=args)), strict=True
+            ):
+                results.append(_allocation(job_id, reply[1:]) if _text(reply[0]) == "released" else None)
         return results
 
     def set_mining(self, provider_id: str, model: str, count: int) -> Capacity:
