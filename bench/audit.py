@@ -21,16 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import time
-from pathlib import Path
 
 import redis
 
-from tests.kube_server.server import KubeApiServer
-from tests.redis_server import RedisServer
+from bench.servers import private_servers
 from worldland.audit import Audit, AuditSettings
-from worldland.config import connect
 from worldland.fleet import Fleet
 from worldland.keys import Keys
 from worldland.kube import KubeClient
@@ -143,17 +139,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=5, help="passes per measurement (best of)")
     args = parser.parse_args(argv)
     now = time.time()
-    with (
-        RedisServer() as redis_server,
-        tempfile.TemporaryDirectory() as tmp,
-        KubeApiServer(workdir=Path(tmp)) as kube_server,
-    ):
-        client = connect(redis_server.url)
-        cluster = KubeClient.from_kubeconfig(kube_server.kubeconfig_path)
-        print(
-            f"# audit benchmark: redis-server on 127.0.0.1:{redis_server.port}, "
-            f"Kubernetes API test server at {kube_server.url}"
-        )
+    with private_servers("audit") as servers:
+        client, cluster = servers.client, servers.cluster
         fleets = {}
         for label, size in (("small", args.small), ("large", args.large)):
             keys = Keys(f"bench-audit-{label}:")

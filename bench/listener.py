@@ -13,17 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import time
 import uuid
-from pathlib import Path
 
 import redis
 
+from bench.servers import private_servers
 from tests.factories import heartbeat_dict, registration_dict
 from tests.kube_server.server import KubeApiServer
-from tests.redis_server import RedisServer
-from worldland.config import connect
 from worldland.fleet import Fleet
 from worldland.heartbeats import RECORD_BATCH
 from worldland.keys import Keys
@@ -140,17 +137,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--heartbeats", type=int, default=200_000)
     parser.add_argument("--fleet", type=int, default=20_000, help="distinct providers sending the heartbeats")
     args = parser.parse_args(argv)
-    with (
-        RedisServer() as redis_server,
-        tempfile.TemporaryDirectory() as tmp,
-        KubeApiServer(workdir=Path(tmp)) as kube_server,
-    ):
-        client = connect(redis_server.url)
-        cluster = KubeClient.from_kubeconfig(kube_server.kubeconfig_path)
-        print(
-            f"# listener benchmark: redis-server on 127.0.0.1:{redis_server.port}, "
-            f"Kubernetes API test server at {kube_server.url}"
-        )
+    with private_servers("listener") as servers:
+        client, cluster, kube_server = servers.client, servers.cluster, servers.kube_server
         reg = bench_registrations(client, cluster, args.registrations)
         print(
             f"registrations/s: {reg['auto_with_tokens']:,.0f} auto-approved with a join token each "
