@@ -223,6 +223,31 @@ def test_capacity_updates_never_shrink_below_what_is_in_use(fleet, names, agent)
     assert capacity.cpu.total == 16
 
 
+def test_a_failing_handler_dead_letters_the_entry_and_the_listener_goes_on(fleet, names, agent, monkeypatch):
+    listener = make_listener(fleet, names, ApprovalPolicy(mode=ApprovalMode.MANUAL))
+    real = listener.onboarding.handle_registration
+
+    def flaky(raw: str) -> str:
+        if "p-poison" in raw:
+            raise RuntimeError("a bug")
+        return real(raw)
+
+    monkeypatch.setattr(listener.onboarding, "handle_registration", flaky)
+    agent.register(registration_dict("p-poison"))
+    agent.register(registration_dict("p-fine"))
+    drain(listener)
+    dead = fleet.client.xrange(names.dead_letter(names.registration))
+    assert [fields["reason"] for _id, fields in dead] == [
+        "internal error (RuntimeError); see the listener's log"
+    ]
+    assert fleet.store.ids() == ["p-fine"]
+    assert fleet.client.xpending(names.registration, listener.settings.group)["pending"] == 0
+    assert (
+        listener.metrics.registry.get_sample_value("worldland_registrations_total", {"outcome": "failed"})
+        == 1
+    )
+
+
 def test_entries_left_pending_by_a_crashed_consumer_are_claimed(fleet, names, agent, client):
     crashed = make_listener(fleet, names, ApprovalPolicy(), consumer="crashed")
     crashed.consumer.ensure_groups()

@@ -186,6 +186,11 @@ class Listener:
             "dead-lettered", extra={"stream": entry.stream, "entry_id": entry.entry_id, "reason": reason}
         )
 
+    def _dead_letter_failure(self, entry: Entry, err: Exception) -> None:
+        # The exception's text stays in the log (with its traceback); the dead letter names its type only.
+        log.exception("handler failed", extra={"stream": entry.stream, "entry_id": entry.entry_id})
+        self._dead_letter(entry, f"internal error ({type(err).__name__}); see the listener's log")
+
     def _handle_registrations(self, batch: list[Entry]) -> None:
         for entry in batch:
             try:
@@ -193,6 +198,11 @@ class Listener:
             except Rejected as err:
                 self._dead_letter(entry, str(err))
                 outcome = "invalid"
+            except (redis.ConnectionError, redis.TimeoutError):
+                raise  # not acknowledged: handled again once Redis is back
+            except Exception as err:  # a bug or a race must not stop the stream (nor loop on this entry)
+                self._dead_letter_failure(entry, err)
+                outcome = "failed"
             self.metrics.registrations.labels(outcome=outcome).inc()
             log.info("registration", extra={"entry_id": entry.entry_id, "outcome": outcome})
 
@@ -232,6 +242,11 @@ class Listener:
             except Rejected as err:
                 self._dead_letter(entry, str(err))
                 outcome = "refused"
+            except (redis.ConnectionError, redis.TimeoutError):
+                raise
+            except Exception as err:
+                self._dead_letter_failure(entry, err)
+                outcome = "failed"
             self.metrics.capacity_updates.labels(outcome=outcome).inc()
 
     def reconcile(self) -> None:
