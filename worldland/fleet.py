@@ -55,9 +55,6 @@ class Fleet:
         )
         return self.store.upsert_registration(request)
 
-    def approve(self, provider_id: str) -> TransitionResult:
-        return self.store.transition(provider_id, Status.APPROVED, reason="approved")
-
     def reject(self, provider_id: str, reason: str) -> TransitionResult:
         reason = reason.strip()
         if not reason:

@@ -177,7 +177,3 @@ class HeartbeatIndex:
         """How many providers are stale: O(log N), for metrics."""
         cutoff = (self.clock() if now is None else now) - older_than
         return int(self.client.zcount(self.keys.heartbeat_index, "-inf", f"({cutoff!r}"))
-
-    def forget(self, provider_id: str) -> None:
-        self.client.zrem(self.keys.heartbeat_index, provider_id)
-        self.client.delete(self.keys.heartbeat(provider_id))
