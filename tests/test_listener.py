@@ -217,7 +217,7 @@ def test_capacity_updates_never_shrink_below_what_is_in_use(fleet, names, agent)
     reasons = [fields["reason"] for _id, fields in fleet.client.xrange(names.dead_letter(names.capacity))]
     assert len(reasons) == 2
     assert "3 in use" in reasons[0]
-    assert "offers 9 RTX-4090 but the registration lists 4" in reasons[1]
+    assert "offers 9 RTX-4090 but spec lists 4" in reasons[1]
     capacity = fleet.ledger.get("p")
     assert capacity.gpus["RTX-4090"].total == 4 and capacity.gpus["RTX-4090"].in_use == 3
     assert capacity.cpu.total == 16

@@ -47,12 +47,7 @@ class Fleet:
         The ledger is set before the record is written, so a capacity the ledger refuses (a total
         below what running jobs use) leaves the stored registration untouched.
         """
-        self.ledger.set_totals(
-            request.provider_id,
-            request.offered_gpus(),
-            request.offered_cpu_cores(),
-            request.offered_memory_mb(),
-        )
+        self.ledger.set_totals(request.provider_id, *request.ledger_totals())
         return self.store.upsert_registration(request)
 
     def reject(self, provider_id: str, reason: str) -> TransitionResult:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from datetime import datetime
-from typing import Annotated, Any, Self, TypeVar
+from typing import Annotated, Any, NamedTuple, Self, TypeVar
 
 from Crypto.Hash import keccak
 from pydantic import (
@@ -235,6 +235,12 @@ ModelCounts = Annotated[dict[Annotated[str, Field(max_length=128)], Count], Fiel
 ModelPrices = Annotated[dict[Annotated[str, Field(max_length=128)], Price], Field(max_length=MAX_GPUS)]
 
 
+class LedgerTotals(NamedTuple):
+    gpus: dict[str, int]  # per canonical model
+    cpu_cores: int
+    memory_mb: int
+
+
 class CapacityOffer(WireModel):
     """What a provider offers for rental. Every field is optional; maps are keyed by raw GPU names."""
 
@@ -280,6 +286,27 @@ class CapacityOffer(WireModel):
     def offered_memory_mb(self) -> int | None:
         return self.total_memory_mb if self.total_memory_mb is not None else self.memory_mb
 
+    def within(self, spec: ProviderSpec) -> LedgerTotals:
+        """What goes into the capacity ledger: this offer, within the registered hardware.
+
+        GPUs per canonical model default to the hardware's; cores and memory are capped by it. An
+        offer of more GPUs of a model than the hardware has is refused (``ValueError`` naming the field).
+        """
+        have = spec.gpu_counts()
+        offered = self.gpus_by_model()
+        gpus = have if offered is None else offered
+        for model, count in gpus.items():
+            if count > have.get(model, 0):
+                raise ValueError(
+                    f"capacity.total_gpus: offers {count} {model} but spec lists {have.get(model, 0)}"
+                )
+        cores, memory = self.offered_cpu_cores(), self.offered_memory_mb()
+        return LedgerTotals(
+            gpus,
+            spec.cpu_cores if cores is None else min(cores, spec.cpu_cores),
+            spec.total_memory_mb if memory is None else min(memory, spec.total_memory_mb),
+        )
+
 
 class RegistrationRequest(WireModel):
     provider_id: ProviderId
@@ -291,28 +318,21 @@ class RegistrationRequest(WireModel):
 
     @model_validator(mode="after")
     def _offer_within_hardware(self) -> Self:
-        offered = self.capacity.gpus_by_model()
-        if offered is not None:
-            have = self.spec.gpu_counts()
-            for model, count in offered.items():
-                if count > have.get(model, 0):
-                    raise ValueError(
-                        f"capacity.total_gpus: offers {count} {model} but spec lists {have.get(model, 0)}"
-                    )
+        self.capacity.within(self.spec)
         return self
+
+    def ledger_totals(self) -> LedgerTotals:
+        return self.capacity.within(self.spec)
 
     def offered_gpus(self) -> dict[str, int]:
         """GPUs per canonical model that go into the capacity ledger."""
-        offered = self.capacity.gpus_by_model()
-        return offered if offered is not None else self.spec.gpu_counts()
+        return self.ledger_totals().gpus
 
     def offered_cpu_cores(self) -> int:
-        cores = self.capacity.offered_cpu_cores()
-        return min(cores, self.spec.cpu_cores) if cores is not None else self.spec.cpu_cores
+        return self.ledger_totals().cpu_cores
 
     def offered_memory_mb(self) -> int:
-        memory = self.capacity.offered_memory_mb()
-        return min(memory, self.spec.total_memory_mb) if memory is not None else self.spec.total_memory_mb
+        return self.ledger_totals().memory_mb
 
 
 class Heartbeat(WireModel):

@@ -236,7 +236,8 @@ class Onboarding:
             log.warning("join token not issued", extra={"provider_id": provider_id, "error": message})
             return False
         token = f"{record.token_id}.{secret}"
-        self.store.set_error(provider_id, "")
+        if record.last_error:
+            self.store.set_error(provider_id, "")
         self.answer(
             provider_id,
             RegistrationResponse(
@@ -275,24 +276,12 @@ class Onboarding:
         if record.status is Status.REJECTED:
             raise Rejected(f"provider_id: provider {update.provider_id!r} is rejected")
         spec = ProviderSpec.model_validate(record.spec, context={"allow_private_ips": True})
-        have = spec.gpu_counts()
-        offered = update.capacity.gpus_by_model()
-        gpus = have if offered is None else offered
-        for model, count in gpus.items():
-            if count > have.get(model, 0):
-                raise Rejected(
-                    f"capacity.total_gpus: offers {count} {model} but the registration lists "
-                    f"{have.get(model, 0)}"
-                )
-        cpu = update.capacity.offered_cpu_cores()
-        memory = update.capacity.offered_memory_mb()
         try:
-            self.fleet.ledger.set_totals(
-                update.provider_id,
-                gpus,
-                min(cpu, spec.cpu_cores) if cpu is not None else spec.cpu_cores,
-                min(memory, spec.total_memory_mb) if memory is not None else spec.total_memory_mb,
-            )
+            totals = update.capacity.within(spec)
+        except ValueError as err:
+            raise Rejected(str(err)) from None
+        try:
+            self.fleet.ledger.set_totals(update.provider_id, *totals)
         except CapacityError as err:
             raise Rejected(f"capacity: {err}") from None
 
