@@ -407,3 +407,70 @@ def test_steady_state_heartbeats_write_nothing_to_kubernetes(fleet, names, agent
         == 1000
     )
     assert kube_api.write_counts() == before
+
+
+# -- issue 9: hostile bytes and poison entries ----------------------------------------------------
+
+
+BAD_BYTES = [
+    ("data", {b"data": b"\x80", b"timestamp": b"2026-11-26T09:15:02Z"}),
+    ("timestamp", {b"data": b"{}", b"timestamp": b"\xff\xfe"}),
+    ("field name", {b"da\xc3ta": b"{}", b"timestamp": b"2026-11-26T09:15:02Z"}),
+]
+
+
+@pytest.mark.parametrize("stream_kind", ["registration", "heartbeat", "capacity"])
+@pytest.mark.parametrize(("where", "fields"), BAD_BYTES, ids=[b[0] for b in BAD_BYTES])
+def test_an_entry_with_invalid_utf8_is_dead_lettered_and_the_listener_goes_on(
+    fleet, names, agent, redis_url, stream_kind, where, fields
+):
+    listener = make_listener(fleet, names, ApprovalPolicy(mode=ApprovalMode.MANUAL))
+    stream = getattr(names, stream_kind)
+    raw = redis.Redis.from_url(redis_url)  # writes bytes as an attacker would
+    raw.xadd(stream, fields)
+    agent.register(registration_dict("p-after-poison"))
+    drain(listener)  # before the fix: UnicodeDecodeError out of run_once
+    assert fleet.store.require("p-after-poison").status is Status.PENDING
+    [(_id, dead)] = fleet.client.xrange(names.dead_letter(stream))
+    assert dead["reason"].startswith("undecodable: ")
+    assert "not valid UTF-8" in dead["reason"]
+    kept = json.loads(dead["fields"])  # the raw bytes, escaped
+    expected = {
+        k.decode("utf-8", "backslashreplace"): v.decode("utf-8", "backslashreplace")
+        for k, v in fields.items()
+    }
+    assert kept == expected
+    assert "\\x" in dead["fields"]
+    for name in names.inputs:
+        assert fleet.client.xpending(name, listener.settings.group)["pending"] == 0
+
+
+def test_an_entry_delivered_too_often_is_dead_lettered_whatever_killed_its_readers(fleet, names, agent):
+    agent.register(registration_dict("p-killer"))
+    # Each "crashed" listener takes the entry and dies before acknowledging it (a kill -9, an OOM).
+    for attempt in range(4):
+        crashed = make_listener(
+            fleet, names, ApprovalPolicy(), consumer=f"crashed-{attempt}", claim_idle_ms=0
+        )
+        crashed.consumer.ensure_groups()
+        taken = crashed.consumer.read(10, 10) if attempt == 0 else crashed.consumer.claim_stale(0, 10)
+        assert [e.deliveries for e in taken] == [attempt + 1]
+    survivor = make_listener(
+        fleet, names, ApprovalPolicy(), consumer="survivor", claim_idle_ms=0, max_deliveries=4
+    )
+    drain(survivor)
+    assert fleet.store.get("p-killer") is None, "a poison entry was handled a fifth time"
+    [(_id, dead)] = fleet.client.xrange(names.dead_letter(names.registration))
+    assert dead["reason"].startswith("delivered 5 times without being acknowledged")
+    assert fleet.client.xpending(names.registration, survivor.settings.group)["pending"] == 0
+
+
+def test_an_entry_under_the_delivery_bound_is_still_handled(fleet, names, agent):
+    agent.register(registration_dict("p-retried"))
+    crashed = make_listener(fleet, names, ApprovalPolicy(), consumer="crashed")
+    crashed.consumer.ensure_groups()
+    assert len(crashed.consumer.read(10, 10)) == 1
+    survivor = make_listener(fleet, names, ApprovalPolicy(), consumer="survivor", claim_idle_ms=0)
+    drain(survivor)
+    assert fleet.store.require("p-retried").status is Status.PENDING
+    assert fleet.client.xlen(names.dead_letter(names.registration)) == 0

@@ -44,6 +44,9 @@ class ListenerSettings:
     claim_every_s: float = 30.0
     reconcile_every_s: float = 10.0
     stale_after_s: float = STALE_AFTER_S
+    # An entry delivered more often than this was never acknowledged: whatever it does to a listener
+    # (a crash, a kill), it is dead-lettered instead of being handled again.
+    max_deliveries: int = 5
 
 
 class Metrics:
@@ -167,8 +170,15 @@ class Listener:
     def handle(self, entries: list[Entry]) -> None:
         names = self.onboarding.streams
         by_stream: dict[str, list[Entry]] = {}
+        set_aside: list[Entry] = []
         for entry in entries:
-            by_stream.setdefault(entry.stream, []).append(entry)
+            reason = self._poison_reason(entry)
+            if reason is None:
+                by_stream.setdefault(entry.stream, []).append(entry)
+                continue
+            self._dead_letter(entry, reason)
+            set_aside.append(entry)
+        self.consumer.ack(set_aside)
         handlers = {
             names.registration: self._handle_registrations,
             names.heartbeat: self._handle_heartbeats,
@@ -178,6 +188,17 @@ class Listener:
             with self.metrics.latency.labels(stream=stream.rpartition(":")[2]).time():
                 handlers[stream](batch)
                 self.consumer.ack(batch)
+
+    def _poison_reason(self, entry: Entry) -> str | None:
+        """Why an entry is dead-lettered before any handler sees it, or None."""
+        if entry.undecodable:
+            return f"undecodable: {entry.undecodable}"
+        if entry.deliveries > self.settings.max_deliveries:
+            return (
+                f"delivered {entry.deliveries} times without being acknowledged "
+                f"(more than {self.settings.max_deliveries}); set aside so it cannot stop a listener again"
+            )
+        return None
 
     def _dead_letter(self, entry: Entry, reason: str) -> None:
         self.consumer.dead_letter(entry, reason)

@@ -7,18 +7,21 @@ share a Redis without sharing streams (production leaves it empty).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 import redis
+from redis.client import NEVER_DECODE
 
 from worldland.models import PROVIDER_ID_RE
 
 DEFAULT_GROUP = "orchestrator-group"
 AGENT_RESPONSE_GROUP = "agent-group"  # the deployed agent reads its answers with this group
 DEAD_LETTER_MAXLEN = 10_000
+DEAD_LETTER_DATA_CHARS = 65536
 RESPONSE_MAXLEN = 100
 RESPONSE_TTL_S = 7 * 24 * 3600  # an answer nobody reads does not stay forever
 MAX_REASON_CHARS = 512
@@ -56,13 +59,46 @@ class StreamNames:
 
 @dataclass(frozen=True, slots=True)
 class Entry:
+    """One stream entry, its fields decoded as UTF-8.
+
+    An entry whose field names or values are not valid UTF-8 has ``undecodable`` set (the reason) and
+    its fields escaped (``\\x80``), so it can be dead-lettered as it came without stopping the reader.
+    ``deliveries`` is how often the group delivered it (known for claimed entries; 1 for new ones).
+    """
+
     stream: str
     entry_id: str
     fields: dict[str, str]
+    undecodable: str | None = None
+    deliveries: int = 1
 
     @property
     def data(self) -> str | None:
         return self.fields.get("data")
+
+
+def _escaped(value: bytes) -> str:
+    return value.decode("utf-8", "backslashreplace")
+
+
+def decode_entry(stream: str, entry_id: bytes | str, raw: dict[bytes, bytes] | None) -> Entry:
+    """An entry read as bytes, decoded per field; never raises on bad bytes."""
+    if isinstance(entry_id, bytes):
+        entry_id = entry_id.decode("ascii")  # Redis writes ids itself: digits and one dash
+    fields: dict[str, str] = {}
+    bad: list[str] = []
+    for name, value in (raw or {}).items():
+        try:
+            key = name.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            key = _escaped(name)
+            bad.append(f"field name {key} is not valid UTF-8 (byte {exc.start})")
+        try:
+            fields[key] = value.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            fields[key] = _escaped(value)
+            bad.append(f"{key}: is not valid UTF-8 (byte {exc.start})")
+    return Entry(stream, entry_id, fields, "; ".join(bad) or None)
 
 
 def rfc3339_now() -> str:
@@ -94,26 +130,50 @@ class StreamConsumer:
             ensure_group(self.client, stream, self.group, "0")
 
     def read(self, count: int, block_ms: int) -> list[Entry]:
-        """New entries for this consumer (at most ``count`` per stream), waiting up to ``block_ms``."""
-        reply = self.client.xreadgroup(
-            self.group, self.consumer, dict.fromkeys(self.names.inputs, ">"), count=count, block=block_ms
-        )
+        """New entries for this consumer (at most ``count`` per stream), waiting up to ``block_ms``.
+
+        Read as bytes and decoded per field (``decode_entry``): one bad byte must not stop the reader.
+        """
+        streams = self.names.inputs
+        reply = self.client.execute_command(
+            "XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", count, "BLOCK", block_ms,
+            "STREAMS", *streams, *(">" for _ in streams), **{NEVER_DECODE: True},
+        )  # fmt: skip
+        by_name = {name.encode(): name for name in streams}
+        pairs = reply.items() if isinstance(reply, dict) else (reply or [])
         return [
-            Entry(stream, entry_id, fields or {})
-            for stream, messages in reply or []
+            decode_entry(by_name.get(stream, _escaped(stream)), entry_id, fields)
+            for stream, messages in pairs
             for entry_id, fields in messages
         ]
 
     def claim_stale(self, min_idle_ms: int, count: int) -> list[Entry]:
-        """Entries that another (crashed) consumer left pending longer than ``min_idle_ms``."""
+        """Entries that another (crashed) consumer left pending longer than ``min_idle_ms``, each with
+        how often it has been delivered (so an entry that kills every reader can be set aside)."""
         claimed: list[Entry] = []
         for stream in self.names.inputs:
-            cursor, messages, *_ = self.client.xautoclaim(
-                stream, self.group, self.consumer, min_idle_ms, self._claim_cursor[stream], count=count
-            )
-            self._claim_cursor[stream] = cursor
-            claimed.extend(Entry(stream, entry_id, fields or {}) for entry_id, fields in messages if fields)
+            cursor, messages, *_ = self.client.execute_command(
+                "XAUTOCLAIM", stream, self.group, self.consumer, min_idle_ms,
+                self._claim_cursor[stream], "COUNT", count, **{NEVER_DECODE: True},
+            )  # fmt: skip
+            self._claim_cursor[stream] = cursor.decode("ascii") if isinstance(cursor, bytes) else cursor
+            entries = [decode_entry(stream, entry_id, fields) for entry_id, fields in messages if fields]
+            if entries:
+                deliveries = self._deliveries(stream, entries)
+                entries = [replace(e, deliveries=deliveries.get(e.entry_id, 1)) for e in entries]
+            claimed.extend(entries)
         return claimed
+
+    def _deliveries(self, stream: str, entries: list[Entry]) -> dict[str, int]:
+        rows = self.client.xpending_range(
+            stream,
+            self.group,
+            min=entries[0].entry_id,
+            max=entries[-1].entry_id,
+            count=len(entries),
+            consumername=self.consumer,
+        )
+        return {row["message_id"]: int(row["times_delivered"]) for row in rows}
 
     def ack(self, entries: Iterable[Entry]) -> None:
         by_stream: dict[str, list[str]] = {}
@@ -134,14 +194,19 @@ class StreamConsumer:
         return total
 
     def dead_letter(self, entry: Entry, reason: str, pipe: Any = None) -> None:
-        """Copy an entry that cannot be processed, with why, to ``<stream>:dead`` (bounded length)."""
+        """Copy an entry that cannot be processed, with why, to ``<stream>:dead`` (bounded length).
+
+        An undecodable entry keeps all its fields, escaped, as JSON in ``fields``.
+        """
         target = pipe if pipe is not None else self.client
         fields = {
             "source_id": entry.entry_id,
             "reason": reason[:MAX_REASON_CHARS],
-            "data": (entry.data or "")[:65536],
+            "data": (entry.data or "")[:DEAD_LETTER_DATA_CHARS],
             "timestamp": rfc3339_now(),
         }
+        if entry.undecodable:
+            fields["fields"] = json.dumps(entry.fields)[:DEAD_LETTER_DATA_CHARS]
         target.xadd(self.names.dead_letter(entry.stream), fields, maxlen=DEAD_LETTER_MAXLEN, approximate=True)
 
 
