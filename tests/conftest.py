@@ -19,6 +19,8 @@ REPO = Path(__file__).resolve().parent.parent
 # Copies of ../shared/protocol/; a test checks they still match when shared/ is beside the repo.
 PROTOCOL = REPO / "tests" / "data" / "protocol"
 SHARED_PROTOCOL = REPO.parent / "shared" / "protocol"
+# Shapes the deployed Go agent and SDK really send, beyond the shared examples (README there).
+GO_AGENT = REPO / "tests" / "data" / "go-agent"
 
 
 @pytest.fixture(scope="session")
@@ -47,3 +49,7 @@ def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
 
 def load_protocol(name: str) -> dict:
     return json.loads((PROTOCOL / name).read_text())
+
+
+def load_go_agent(name: str) -> dict:
+    return json.loads((GO_AGENT / name).read_text())

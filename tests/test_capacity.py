@@ -729,3 +729,21 @@ def test_concurrent_churn_keeps_the_ledger_consistent(
     cap = ledger.get(P)
     assert all(g.in_use == 0 for g in cap.gpus.values()) and cap.cpu.in_use == cap.memory.in_use == 0
     assert cap.cpu.available == 64 and cap.memory.available == 65536
+
+
+# -- issue 9: declared mining ----------------------------------------------------------------------
+
+
+def test_set_totals_starts_with_the_declared_mining_and_never_takes_gpus_jobs_hold(
+    ledger: CapacityLedger, redis_client, keys
+):
+    capacity = ledger.set_totals("m", {"RTX-4090": 4}, 16, 65536, mining={"RTX-4090": 1})
+    assert capacity.gpus["RTX-4090"] == GpuCapacity(total=4, available=3, in_use=0, mining=1)
+    redis_client.hset(keys.provider("m"), mapping={"status": "available"})
+    ledger.allocate("job-m", "m", "RTX-4090", 3, 1, 1)
+    capacity = ledger.set_totals("m", {"RTX-4090": 4}, 16, 65536, mining={"RTX-4090": 4})
+    assert capacity.gpus["RTX-4090"] == GpuCapacity(total=4, available=0, in_use=3, mining=1)
+    capacity = ledger.set_totals("m", {"RTX-4090": 4}, 16, 65536)  # not declared: mining kept
+    assert capacity.gpus["RTX-4090"].mining == 1
+    with pytest.raises(CapacityError, match="mining"):
+        ledger.set_totals("m", {"RTX-4090": 4}, 16, 65536, mining={"RTX-4090": 5})

@@ -342,7 +342,7 @@ def test_compose_groups_and_keyed_groups(load: Callable[..., InventoryManager], 
     assert hostvars(im, small)["gpu_count"] == 1
     assert members(im, "big_rigs") == {big}
     assert members(im, "onboarding") == {small}
-    assert members(im, "arch_x86_64") == {big, small}
+    assert members(im, "arch_amd64") == {big, small}  # the agent sent x86_64: normalised
     assert members(im, "model_H100_80GB_HBM3") == {big}
     assert members(im, "model_RTX_4090") == {small}
 
@@ -458,6 +458,15 @@ def test_redis_unreachable_is_one_clear_parser_error(fake_files: dict[str, str],
 
     with pytest.raises(AnsibleParserError, match="bad redis_url"):
         parse_directly(fake_files, config("http://127.0.0.1:1/", keys))
+
+
+@pytest.mark.parametrize("prefix", ["", "provider:"])
+def test_a_key_prefix_that_reaches_the_agent_streams_is_one_clear_parser_error(
+    fake_files: dict[str, str], redis_url: str, prefix: str
+):
+    text = yaml.safe_dump({"plugin": FQCN, "redis_url": redis_url, "key_prefix": prefix})
+    with pytest.raises(AnsibleParserError, match="key_prefix"):
+        parse_directly(fake_files, text)
 
 
 @pytest.mark.parametrize(

@@ -8,15 +8,16 @@ import uuid
 import pytest
 import redis
 
-from tests.conftest import load_protocol
+from tests.conftest import load_go_agent, load_protocol
 from tests.factories import registration, registration_dict
 from tests.test_store import put_in
+from worldland.capacity import CapacityError
 from worldland.config import connect
 from worldland.fleet import Fleet
 from worldland.keys import Keys
 from worldland.lifecycle import Status
 from worldland.listener import Listener, ListenerSettings
-from worldland.onboarding import Onboarding
+from worldland.onboarding import Onboarding, join_command
 from worldland.policy import ApprovalMode, ApprovalPolicy
 from worldland.streams import AGENT_RESPONSE_GROUP, StreamNames
 
@@ -474,3 +475,332 @@ def test_an_entry_under_the_delivery_bound_is_still_handled(fleet, names, agent)
     drain(survivor)
     assert fleet.store.require("p-retried").status is Status.PENDING
     assert fleet.client.xlen(names.dead_letter(names.registration)) == 0
+
+
+# -- issue 9: every check before any write --------------------------------------------------------
+
+
+def read_as_go_agent(
+    client, stream: str, group: str = AGENT_RESPONSE_GROUP, create_at: str = "$"
+) -> dict | None:
+    """The Go agent/SDK after a restart: create its group at "$" (kept if it exists), read COUNT 1 ">"."""
+    try:
+        client.xgroup_create(stream, group, id=create_at, mkstream=True)
+    except redis.ResponseError as exc:
+        assert "BUSYGROUP" in str(exc)
+    reply = client.xreadgroup(group, "go-1", {stream: ">"}, count=1, block=50)
+    if not reply:
+        return None
+    _stream, [(entry_id, fields)] = reply[0]
+    client.xack(stream, group, entry_id)
+    return json.loads(fields["data"])
+
+
+def test_a_registration_from_another_wallet_leaves_the_victims_ledger_alone(fleet, names, agent):
+    listener = make_listener(fleet, names, ApprovalPolicy(mode=ApprovalMode.AUTO))
+    fleet.register(registration("victim", gpus=2))
+    put_in(fleet.store, "victim", Status.AVAILABLE)
+    before = fleet.ledger.get("victim")
+    impostor = registration_dict("victim", gpu_name="NVIDIA H100 80GB HBM3", gpus=1, wallet="0x" + "cd" * 20)
+    agent.register(impostor)
+    drain(listener)
+    assert fleet.ledger.get("victim") == before  # before the fix: 1x H100-80GB-HBM3
+    assert fleet.store.require("victim").gpu_models == ["RTX-4090"]
+    with pytest.raises(CapacityError):
+        fleet.ledger.allocate("job-h100", "victim", "H100-80GB-HBM3", 1, 1, 1024)
+    assert agent.await_answer("victim") is None
+    counted = listener.metrics.registry.get_sample_value(
+        "worldland_registrations_total", {"outcome": "wallet_mismatch"}
+    )
+    assert counted == 1
+
+
+def test_a_registration_refused_for_capacity_is_answered_and_writes_nothing(fleet, names, agent):
+    listener = make_listener(fleet, names, ApprovalPolicy(mode=ApprovalMode.MANUAL))
+    fleet.register(registration("p-busy", gpus=4))
+    put_in(fleet.store, "p-busy", Status.AVAILABLE)
+    fleet.ledger.allocate("job-3", "p-busy", "RTX-4090", 3, 4, 1024)
+    record_before, ledger_before = fleet.store.require("p-busy"), fleet.ledger.get("p-busy")
+    agent.register(registration_dict("p-busy", gpus=2, hostname="renamed"))
+    drain(listener)
+    answer = agent.await_answer("p-busy")
+    assert answer["success"] is False and answer["status"] == "available"
+    assert "3 in use by jobs" in answer["message"]
+    assert fleet.ledger.get("p-busy") == ledger_before
+    assert fleet.store.require("p-busy").registration_json == record_before.registration_json
+    [(_id, dead)] = fleet.client.xrange(names.dead_letter(names.registration))
+    assert dead["reason"].startswith("capacity: ")
+
+
+def test_a_malformed_registration_for_someone_elses_id_is_never_answered(fleet, names, agent):
+    listener = make_listener(fleet, names, ApprovalPolicy(mode=ApprovalMode.AUTO))
+    fleet.register(registration("tok-0"))
+    put_in(fleet.store, "tok-0", Status.APPROVED)
+    agent.register({"provider_id": "tok-0", "wallet_addr": "x", "spec": {}})
+    agent.register({"provider_id": "tok-0", "spec": {}})
+    drain(listener)
+    assert agent.await_answer("tok-0") is None  # before the fix: success false, rejected
+    assert fleet.store.require("tok-0").status is Status.APPROVED
+    assert fleet.client.xlen(names.dead_letter(names.registration)) == 2
+    counted = listener.metrics.registry.get_sample_value(
+        "worldland_registrations_total", {"outcome": "wallet_mismatch"}
+    )
+    assert counted == 2
+    # The owner's own malformed message is answered: it tells the owner what to fix.
+    own = registration_dict("tok-0")
+    own["spec"]["cpu_cores"] = "many"
+    agent.register(own)
+    drain(listener)
+    answer = agent.await_answer("tok-0")
+    assert answer["success"] is False and "spec.cpu_cores" in answer["message"]
+
+
+# -- issue 9: the approval policy holds for re-registrations --------------------------------------
+
+
+STRICT = {"allowed_gpu_models": ["RTX 4090"], "max_gpu_price_per_hour": 1.0, "min_gpus": 2}
+
+
+def approved_provider(fleet, pid: str, status: Status, **kwargs) -> None:
+    fleet.register(registration(pid, **kwargs))
+    put_in(fleet.store, pid, status)
+
+
+def priced(doc: dict, price: float) -> dict:
+    doc["capacity"] = {"gpu_price_per_hour": price}
+    return doc
+
+
+REFUSED_CHANGES = [
+    (
+        "model outside allowed_gpu_models",
+        registration_dict("p-live", gpu_name="NVIDIA H100 80GB HBM3"),
+        "H100",
+    ),
+    ("price above the maximum", priced(registration_dict("p-live"), 5.0), "exceeds the policy maximum"),
+    ("fewer than min_gpus", registration_dict("p-live", gpus=1), "at least 2"),
+]
+
+
+@pytest.mark.parametrize("status", [Status.APPROVED, Status.JOINED, Status.AVAILABLE])
+@pytest.mark.parametrize(("case", "message", "why"), REFUSED_CHANGES, ids=[c[0] for c in REFUSED_CHANGES])
+@pytest.mark.parametrize("mode", [ApprovalMode.AUTO, ApprovalMode.MANUAL])
+def test_a_reregistration_the_policy_refuses_changes_nothing(
+    fleet, names, agent, status, case, message, why, mode
+):
+    listener = make_listener(fleet, names, ApprovalPolicy(mode=mode, **STRICT))
+    approved_provider(fleet, "p-live", status)
+    record_before, ledger_before = fleet.store.require("p-live"), fleet.ledger.get("p-live")
+    agent.register(message)
+    drain(listener)
+    answer = agent.await_answer("p-live")
+    assert answer["success"] is False and answer["status"] == status.value
+    assert why in answer["message"] and "registration change refused" in answer["message"]
+    after = fleet.store.require("p-live")
+    assert after.status is status
+    assert after.registration_json == record_before.registration_json
+    assert fleet.ledger.get("p-live") == ledger_before
+
+
+def test_more_gpus_under_a_manual_policy_wait_for_an_operator(fleet, names, agent):
+    listener = make_listener(fleet, names, ApprovalPolicy(mode=ApprovalMode.MANUAL))
+    approved_provider(fleet, "p-grow", Status.AVAILABLE, gpus=2)
+    agent.register(registration_dict("p-grow", gpus=4))
+    drain(listener)
+    answer = agent.await_answer("p-grow")
+    assert answer["status"] == "available" and "waits for an operator's approval" in answer["message"]
+    assert fleet.ledger.get("p-grow").gpus["RTX-4090"].total == 2  # not offered before approval
+    record = fleet.store.require("p-grow")
+    assert record.pending_registration and record.to_dict()["change_awaiting_approval"] is True
+    assert listener.onboarding.approve("p-grow")
+    assert fleet.ledger.get("p-grow").gpus["RTX-4090"].total == 4
+    record = fleet.store.require("p-grow")
+    assert record.status is Status.AVAILABLE and not record.pending_registration
+    assert "registration change approved" in agent.await_answer("p-grow")["message"]
+
+
+def test_fewer_gpus_apply_at_once_and_auto_policy_applies_accepted_changes(fleet, names, agent):
+    manual = make_listener(fleet, names, ApprovalPolicy(mode=ApprovalMode.MANUAL))
+    approved_provider(fleet, "p-shrink", Status.JOINED, gpus=4)
+    agent.register(registration_dict("p-shrink", gpus=3))
+    drain(manual)
+    assert fleet.ledger.get("p-shrink").gpus["RTX-4090"].total == 3
+    auto = make_listener(fleet, names, ApprovalPolicy(mode=ApprovalMode.AUTO), consumer="auto")
+    agent.register(registration_dict("p-shrink", gpus=4))
+    drain(auto)
+    assert fleet.ledger.get("p-shrink").gpus["RTX-4090"].total == 4
+    assert fleet.store.require("p-shrink").status is Status.JOINED
+
+
+# -- issue 9: revoking, and rejected providers stay rejected --------------------------------------
+
+
+def test_revoking_an_approved_provider_deletes_its_join_token(fleet, names, agent, cluster):
+    listener = make_listener(fleet, names, ApprovalPolicy(mode=ApprovalMode.AUTO), cluster)
+    agent.register(registration_dict("p-revoke"))
+    drain(listener)
+    token_id, secret = agent.await_answer("p-revoke")["join_token"].split(".")
+    assert cluster.bootstrap_token_secret(token_id) == secret
+    listener.onboarding.reject("p-revoke", "hardware audit failed")
+    assert cluster.bootstrap_token_secret(token_id) is None  # before the fix: valid until expiry
+    assert fleet.store.require("p-revoke").token_id == ""
+    assert agent.await_answer("p-revoke")["status"] == "rejected"
+
+
+def test_a_revocation_while_kubernetes_is_down_is_retried_by_reconcile(
+    fleet, names, agent, cluster, kube_api
+):
+    listener = make_listener(fleet, names, ApprovalPolicy(mode=ApprovalMode.AUTO), cluster)
+    agent.register(registration_dict("p-revoke-later"))
+    drain(listener)
+    token_id = agent.await_answer("p-revoke-later")["join_token"].split(".")[0]
+    with kube_api.server.outage("refuse"):
+        listener.onboarding.reject("p-revoke-later", "revoked")
+        assert listener.onboarding.reconcile().errors
+    assert fleet.client.smembers(fleet.keys.revoked_tokens) == {token_id}
+    assert cluster.bootstrap_token_secret(token_id) is not None
+    listener.reconcile()
+    assert cluster.bootstrap_token_secret(token_id) is None
+    assert fleet.client.smembers(fleet.keys.revoked_tokens) == set()
+
+
+def test_an_operator_rejected_provider_stays_rejected_under_an_auto_policy(fleet, names, agent, cluster):
+    listener = make_listener(fleet, names, ApprovalPolicy(mode=ApprovalMode.AUTO), cluster)
+    agent.register(registration_dict("p-operator"))
+    drain(listener)
+    agent.await_answer("p-operator")
+    listener.onboarding.reject("p-operator", "not our customer")
+    agent.await_answer("p-operator")
+    agent.register(registration_dict("p-operator"))  # identical, sent again
+    drain(listener)
+    answer = agent.await_answer("p-operator")
+    assert answer["status"] == "rejected" and "rejected by an operator" in answer["message"]
+    assert fleet.store.require("p-operator").status is Status.REJECTED  # before the fix: approved at once
+    listener.onboarding.reset("p-operator")
+    assert agent.await_answer("p-operator")["status"] == "pending"
+    agent.register(registration_dict("p-operator"))
+    drain(listener)
+    assert agent.await_answer("p-operator")["status"] == "approved"
+
+
+def test_a_policy_rejected_provider_may_register_again_corrected(fleet, names, agent):
+    listener = make_listener(fleet, names, ApprovalPolicy(mode=ApprovalMode.MANUAL, min_gpus=2))
+    agent.register(registration_dict("p-fix", gpus=1))
+    drain(listener)
+    assert agent.await_answer("p-fix")["status"] == "rejected"
+    agent.register(registration_dict("p-fix", gpus=2))
+    drain(listener)
+    assert agent.await_answer("p-fix")["status"] == "pending"
+
+
+def test_an_operator_approves_a_rejected_provider(fleet, names, agent, cluster):
+    listener = make_listener(fleet, names, ApprovalPolicy(mode=ApprovalMode.MANUAL), cluster)
+    fleet.register(registration("p-back"))
+    listener.onboarding.reject("p-back", "wrong wallet, we thought")
+    assert listener.onboarding.approve("p-back")
+    record = fleet.store.require("p-back")
+    assert record.status is Status.APPROVED and record.rejected_by == ""
+
+
+# -- issue 9: the Go agent's and SDK's exact readers and shapes ------------------------------------
+
+
+@pytest.mark.parametrize("policy", [{"min_gpus": 1}, {"min_gpus": 0}], ids=["min_gpus=1", "min_gpus=0"])
+def test_a_go_agent_cpu_only_host_is_answered_by_the_policy(fleet, names, agent, policy):
+    listener = make_listener(fleet, names, ApprovalPolicy(mode=ApprovalMode.MANUAL, **policy))
+    doc = load_go_agent("registration.cpu-only.json")
+    agent.register(doc)
+    drain(listener)
+    answer = agent.await_answer(doc["provider_id"])
+    if policy["min_gpus"]:
+        assert answer["status"] == "rejected"
+        assert answer["message"] == "spec.gpus: offers 0 GPU(s); the policy requires at least 1"
+    else:
+        assert answer["status"] == "pending"
+    assert fleet.client.xlen(names.dead_letter(names.registration)) == 0
+
+
+def test_the_sdk_reader_gets_a_fast_answer_and_so_does_the_agent(fleet, names, agent):
+    listener = make_listener(fleet, names, ApprovalPolicy(mode=ApprovalMode.MANUAL))
+    doc = load_go_agent("registration.sdk.json")
+    agent.register(doc)
+    drain(listener)  # answered before either reader created its group (network delay)
+    stream = names.response(doc["provider_id"])
+    sdk_answer = read_as_go_agent(fleet.client, stream, group="sdk-group")
+    assert sdk_answer is not None and sdk_answer["status"] == "pending"  # before the fix: missed
+    assert read_as_go_agent(fleet.client, stream, group="agent-group")["status"] == "pending"
+
+
+def test_agent_groups_are_a_setting(fleet, names, agent):
+    onboarding = Onboarding(
+        fleet=fleet, streams=names, policy=ApprovalPolicy(), cluster=None, agent_groups=("custom-group",)
+    )
+    listener = Listener(onboarding, ListenerSettings(block_ms=50, consumer="c", reconcile_every_s=3600))
+    agent.register(registration_dict("p-custom"))
+    drain(listener)
+    groups = {g["name"] for g in fleet.client.xinfo_groups(names.response("p-custom"))}
+    assert groups == {"custom-group"}
+
+
+def test_a_restarted_go_agent_reads_the_newest_answer_not_an_old_rejection(fleet, names, agent):
+    strict = make_listener(fleet, names, ApprovalPolicy(mode=ApprovalMode.MANUAL, min_gpus=8))
+    agent.register(registration_dict("p-restart", gpus=4))
+    drain(strict)  # rejected while the agent was down: the answer stays unread
+    lenient = make_listener(fleet, names, ApprovalPolicy(mode=ApprovalMode.MANUAL), consumer="lenient")
+    agent.register(registration_dict("p-restart", gpus=4))
+    drain(lenient)
+    answer = read_as_go_agent(fleet.client, names.response("p-restart"))
+    assert answer["status"] == "pending"  # before the fix: the old "rejected", and the agent exits
+    assert fleet.client.xlen(names.response("p-restart")) <= 100
+
+
+def test_sdk_registration_offers_what_it_shares_and_starts_mining(fleet, names, agent):
+    listener = make_listener(fleet, names, ApprovalPolicy(mode=ApprovalMode.MANUAL))
+    doc = load_go_agent("registration.sdk.json")
+    agent.register(doc)
+    drain(listener)
+    capacity = fleet.ledger.get(doc["provider_id"])
+    assert capacity.cpu.total == 24 and capacity.memory.total == 196608
+    gpus = capacity.gpus["RTX-4090"]
+    assert (gpus.total, gpus.available, gpus.mining, gpus.in_use) == (4, 3, 1, 0)
+
+
+SHELL_BAIT = "$(touch /tmp/pwned); `id` | rm -rf / & echo 'x' \"y\" > /etc/passwd; {{ lookup('pipe','id') }}"
+
+
+def test_join_command_holds_only_values_this_project_produced(fleet, names, agent, cluster):
+    listener = make_listener(fleet, names, ApprovalPolicy(mode=ApprovalMode.AUTO), cluster)
+    doc = load_protocol("registration.agent.json")
+    # Every free-text provider field carries shell metacharacters (the id, wallet, hostname and IPs
+    # are checked formats and refuse them).
+    for key in ("os", "kernel_ver", "cpu_model"):
+        doc["spec"][key] = SHELL_BAIT[:128]
+    for gpu in doc["spec"]["gpus"]:
+        gpu["name"] = "NVIDIA A100-SXM4-80GB"
+        gpu["uuid"] = SHELL_BAIT[:64]
+        for key in ("driver_ver", "cuda_version", "pci_bus_id"):
+            gpu[key] = SHELL_BAIT[:32]
+    doc["agent_version"] = SHELL_BAIT[:32]
+    agent.register(doc)
+    drain(listener)
+    answer = agent.await_answer(AGENT_ID)
+    host, port = cluster.join_endpoint()
+    assert answer["join_command"] == (
+        f"kubeadm join {host}:{port} --token {answer['join_token']} "
+        f"--discovery-token-ca-cert-hash {cluster.ca_cert_hash()}"
+    )
+    assert not set(answer["join_command"]) & set("$`|&;<>'\"(){}\\\n")
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "token", "ca_hash", "why"),
+    [
+        ("10.0.0.1;id", 6443, "abcdef.0123456789abcdef", "sha256:" + "a" * 64, "host"),
+        ("10.0.0.1", 0, "abcdef.0123456789abcdef", "sha256:" + "a" * 64, "port"),
+        ("10.0.0.1", 6443, "abcdef.0123456789abcdef;id", "sha256:" + "a" * 64, "token"),
+        ("10.0.0.1", 6443, "abcdef.0123456789abcdef", "sha256:$(id)", "CA hash"),
+    ],
+)
+def test_join_command_refuses_anything_but_its_exact_formats(host, port, token, ca_hash, why):
+    with pytest.raises(ValueError, match=why):
+        join_command(host, port, token, ca_hash)

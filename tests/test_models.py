@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import PROTOCOL, SHARED_PROTOCOL, load_protocol
+from tests.conftest import PROTOCOL, SHARED_PROTOCOL, load_go_agent, load_protocol
 from worldland.lifecycle import Status
 from worldland.models import (
     MAX_MESSAGE_BYTES,
@@ -495,7 +495,8 @@ def test_capacity_may_not_offer_more_gpus_than_the_spec_lists() -> None:
 
 def test_offer_below_hardware_is_what_goes_to_the_ledger() -> None:
     doc = with_value(agent_doc(), ("capacity", "total_gpus"), {"NVIDIA A100-SXM4-80GB": 1})
-    doc["capacity"]["total_cpu_cores"] = 99999 // 100  # more than the spec has: capped at the spec's 32
+    doc["capacity"]["available_gpus"] = {"NVIDIA A100-SXM4-80GB": 1}
+    doc["capacity"]["cpu_cores"] = 99999 // 100  # more than the spec has: capped at the spec's 32
     request = parse_registration(dumps(doc))
     assert request.offered_gpus() == {"A100-SXM4-80GB": 1}
     assert request.offered_cpu_cores() == 32
@@ -800,3 +801,73 @@ def test_one_field_of_the_agent_example_replaced(
 def test_one_field_of_the_heartbeat_example_replaced(path: tuple[str | int, ...], value: Any) -> None:
     with contextlib.suppress(MessageError):
         parse_heartbeat(dumps(with_value(HB, path, value)))
+
+
+# -- issue 9: what the deployed Go agent and SDK really send ---------------------------------------
+
+
+def test_go_agent_cpu_only_host_with_null_gpus_is_a_host_without_gpus() -> None:
+    doc = load_go_agent("registration.cpu-only.json")
+    assert doc["spec"]["gpus"] is None
+    request = parse_registration(dumps(doc))  # before: "spec.gpus: must be a JSON array"
+    assert request.spec.gpus == []
+    assert request.spec.total_gpus == 0
+    assert request.offered_gpus() == {}
+    assert request.spec.architecture == "amd64"
+
+
+@pytest.mark.parametrize(
+    ("given", "normal"),
+    [("amd64", "amd64"), ("x86_64", "amd64"), ("AMD64", "amd64"), ("aarch64", "arm64"), ("arm64", "arm64")],
+)
+def test_architecture_spellings_of_go_and_the_kernel_are_one(given: str, normal: str) -> None:
+    doc = with_value(agent_doc(), ("spec", "architecture"), given)
+    assert parse_registration(dumps(doc)).spec.architecture == normal
+
+
+def test_an_unknown_architecture_is_refused_naming_the_field() -> None:
+    doc = with_value(agent_doc(), ("spec", "architecture"), "{{ lookup('pipe','id') }}")
+    refused_registration(doc, "spec.architecture", "not a known CPU architecture")
+
+
+def test_sdk_capacity_offers_the_shared_part_and_starts_with_its_mining_gpus() -> None:
+    request = parse_registration(dumps(load_go_agent("registration.sdk.json")))
+    totals = request.ledger_totals()
+    assert totals.cpu_cores == 24  # what it shares, not the host's 32 (total_cpu_cores)
+    assert totals.memory_mb == 196608  # not the host's 257698 (total_memory_mb)
+    assert totals.gpus == {"RTX-4090": 4}
+    assert totals.mining == {"RTX-4090": 1}
+
+
+def test_sdk_mining_follows_available_gpus_without_mining_config() -> None:
+    doc = load_go_agent("registration.sdk.json")
+    del doc["capacity"]["mining_config"]
+    doc["capacity"]["available_gpus"] = {"NVIDIA GeForce RTX 4090": 2}
+    assert parse_registration(dumps(doc)).ledger_totals().mining == {"RTX-4090": 2}
+    doc["capacity"]["mining_config"] = {"enabled": False}
+    assert parse_registration(dumps(doc)).ledger_totals().mining == {"RTX-4090": 0}
+
+
+def test_sdk_mining_beyond_the_offer_is_refused() -> None:
+    doc = load_go_agent("registration.sdk.json")
+    doc["capacity"]["mining_config"]["mining_gpus"] = {"NVIDIA GeForce RTX 4090": 5}
+    refused_registration(doc, "capacity.mining_config.mining_gpus", "5 RTX-4090 mining but 4 offered")
+    doc = load_go_agent("registration.sdk.json")
+    del doc["capacity"]["mining_config"]
+    doc["capacity"]["available_gpus"] = {"NVIDIA GeForce RTX 4090": 9}
+    refused_registration(doc, "capacity.available_gpus", "9 RTX-4090 available but 4 offered")
+
+
+@pytest.mark.parametrize("name", ["NVIDIA GeForce", "***", "Tesla"])
+def test_a_gpu_whose_name_yields_no_model_is_refused_naming_it(name: str) -> None:
+    doc = with_value(agent_doc(), ("spec", "gpus", 1, "name"), name)
+    error = refused_registration(doc, "spec.gpus[1].name", "names no GPU model")
+    assert name in error.reason
+    doc = with_value(agent_doc(), ("capacity", "gpu_prices_per_hour"), {name: 1.0})
+    refused_registration(doc, "capacity.gpu_prices_per_hour", "names no GPU model")
+
+
+def test_gpu_names_in_any_case_are_one_model() -> None:
+    doc = with_value(agent_doc(), ("spec", "gpus", 1, "name"), "nvidia a100-sxm4-80gb")
+    request = parse_registration(dumps(doc))
+    assert request.spec.gpu_counts() == {"A100-SXM4-80GB": 2}

@@ -6,6 +6,7 @@ import pytest
 import redis
 
 from tests.factories import registration, wallet_for
+from worldland.capacity import CapacityError, CapacityLedger
 from worldland.config import connect
 from worldland.keys import Keys
 from worldland.lifecycle import TRANSITIONS, Status, TransitionError
@@ -215,3 +216,44 @@ def test_listing_round_trips(store: ProviderStore, monkeypatch):
     monkeypatch.setattr("worldland.store.LIST_CHUNK", 2)
     assert len(store.list()) == 5
     assert calls["execute"] == 3  # ceil(5 / 2) pipelines, not 5 round trips
+
+
+# -- issue 9: a refused registration writes nothing ------------------------------------------------
+
+
+def test_a_registration_from_another_wallet_writes_neither_record_nor_ledger(
+    store: ProviderStore, redis_client: redis.Redis, keys: Keys
+):
+    ledger = CapacityLedger(redis_client, keys)
+    store.upsert_registration(registration("victim", gpus=2))
+    record, capacity = store.require("victim"), ledger.get("victim")
+    impostor = registration("victim", gpus=1, gpu_name="NVIDIA H100 80GB HBM3", wallet="0x" + "ab" * 20)
+    with pytest.raises(WalletMismatch):
+        store.upsert_registration(impostor)
+    assert ledger.get("victim") == capacity  # before the fix: the ledger was replaced first
+    assert store.require("victim") == record
+
+
+def test_a_registration_whose_ledger_is_refused_leaves_the_record_as_it_was(
+    store: ProviderStore, redis_client: redis.Redis, keys: Keys
+):
+    ledger = CapacityLedger(redis_client, keys)
+    store.upsert_registration(registration("busy", gpus=4))
+    put_in(store, "busy", Status.AVAILABLE)
+    ledger.allocate("job-1", "busy", "RTX-4090", 3, 2, 1024)
+    record, capacity = store.require("busy"), ledger.get("busy")
+    with pytest.raises(CapacityError, match="3 in use by jobs"):
+        store.upsert_registration(registration("busy", gpus=2, hostname="renamed"))
+    assert store.require("busy") == record
+    assert ledger.get("busy") == capacity
+
+
+def test_a_registration_sets_record_and_ledger_together(
+    store: ProviderStore, redis_client: redis.Redis, keys: Keys
+):
+    ledger = CapacityLedger(redis_client, keys)
+    store.upsert_registration(registration("both", gpus=3, cpu_cores=16, memory_mb=65536))
+    capacity = ledger.get("both")
+    assert capacity.gpus["RTX-4090"].total == 3
+    assert (capacity.cpu.total, capacity.memory.total) == (16, 65536)
+    assert store.require("both").gpu_models == ["RTX-4090"]

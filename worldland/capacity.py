@@ -29,7 +29,7 @@ import redis
 from worldland.keys import Keys
 from worldland.lifecycle import Status
 from worldland.models import MAX_CPU_CORES, MAX_GPUS, MAX_MEMORY_MB, PROVIDER_ID_RE
-from worldland.names import canonical_gpu_model
+from worldland.names import UnknownGpuModel, canonical_gpu_model
 
 JOB_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 MAX_MODEL_NAME = 128
@@ -175,70 +175,94 @@ class Allocation:
 # --------------------------------------------------------------------------------------------------
 # Lua scripts. They return {"ok", ...} or {"err", message}: refusals are values, not Redis errors.
 
-_SET_TOTALS = """
--- KEYS[1] capacity hash. ARGV: provider_id, cpu_total, mem_total, then model, total pairs.
-local cap = KEYS[1]
-local pid = ARGV[1]
-local cpu_total, mem_total = tonumber(ARGV[2]), tonumber(ARGV[3])
-local h = {}
-local flat = redis.call('HGETALL', cap)
-for i = 1, #flat, 2 do h[flat[i]] = tonumber(flat[i + 1]) or 0 end
-local function g(f) return h[f] or 0 end
-
-local want, models, seen = {}, {}, {}
-for i = 4, #ARGV, 2 do
-  want[ARGV[i]] = tonumber(ARGV[i + 1])
-  if not seen[ARGV[i]] then seen[ARGV[i]] = true; table.insert(models, ARGV[i]) end
-end
-for f, _ in pairs(h) do
-  local m = string.match(f, '^gpu:(.+):total$')
-  if m and not seen[m] then seen[m] = true; table.insert(models, m) end
-end
-table.sort(models)
-
-local errors = {}
-for _, m in ipairs(models) do
-  local new, used = want[m] or 0, g('gpu:' .. m .. ':in_use')
-  if new < used then
-    table.insert(errors, string.format(
-      'cannot set the %s GPU total to %d: %d in use by jobs', m, new, used))
+# Setting a provider's totals, as two Lua functions so that a registration can check its ledger
+# change together with its record (``store.py``) and write both in one script, or neither.
+# ``ledger_plan(cap, argv, i)`` reads ARGV from ``i``: cpu_total, mem_total, then (model, total,
+# mining) triples to the end, mining -1 meaning "keep what mines now". It returns the plan with its
+# ``errors`` (totals below what jobs hold); ``ledger_apply(plan)`` writes it.
+LUA_LEDGER_FUNCTIONS = """
+local function ledger_plan(cap, argv, i)
+  local plan = {cap = cap, cpu = tonumber(argv[i]), mem = tonumber(argv[i + 1]), h = {}, want = {},
+    mine = {}, models = {}, errors = {}}
+  local h = plan.h
+  local flat = redis.call('HGETALL', cap)
+  for j = 1, #flat, 2 do h[flat[j]] = tonumber(flat[j + 1]) or 0 end
+  local seen = {}
+  for j = i + 2, #argv, 3 do
+    local m = argv[j]
+    plan.want[m] = tonumber(argv[j + 1])
+    plan.mine[m] = tonumber(argv[j + 2])
+    if not seen[m] then seen[m] = true; table.insert(plan.models, m) end
   end
-end
-if cpu_total < g('cpu:in_use') then
-  table.insert(errors, string.format(
-    'cannot set the CPU core total to %d: %d in use by jobs', cpu_total, g('cpu:in_use')))
-end
-if mem_total < g('mem:in_use') then
-  table.insert(errors, string.format(
-    'cannot set the memory total to %d MiB: %d MiB in use by jobs', mem_total, g('mem:in_use')))
-end
-if #errors > 0 then
-  return {'err', 'provider ' .. pid .. ': ' .. table.concat(errors, '; ')}
-end
-
-for _, m in ipairs(models) do
-  local p = 'gpu:' .. m .. ':'
-  local new = want[m] or 0
-  local t, a, u, mi = g(p .. 'total'), g(p .. 'available'), g(p .. 'in_use'), g(p .. 'mining')
-  if new == 0 and u == 0 then
-    redis.call('HDEL', cap, p .. 'total', p .. 'available', p .. 'in_use', p .. 'mining')
-  else
-    if new >= t then
-      a = a + (new - t)
-    else
-      local shrink = t - new
-      local take = math.min(a, shrink)
-      a = a - take
-      mi = mi - (shrink - take)
+  for f, _ in pairs(h) do
+    local m = string.match(f, '^gpu:(.+):total$')
+    if m and not seen[m] then seen[m] = true; table.insert(plan.models, m) end
+  end
+  table.sort(plan.models)
+  local function g(f) return h[f] or 0 end
+  for _, m in ipairs(plan.models) do
+    local new, used = plan.want[m] or 0, g('gpu:' .. m .. ':in_use')
+    if new < used then
+      table.insert(plan.errors, string.format(
+        'cannot set the %s GPU total to %d: %d in use by jobs', m, new, used))
     end
-    redis.call('HSET', cap, p .. 'total', new, p .. 'available', a, p .. 'in_use', u, p .. 'mining', mi)
   end
+  if plan.cpu < g('cpu:in_use') then
+    table.insert(plan.errors, string.format(
+      'cannot set the CPU core total to %d: %d in use by jobs', plan.cpu, g('cpu:in_use')))
+  end
+  if plan.mem < g('mem:in_use') then
+    table.insert(plan.errors, string.format(
+      'cannot set the memory total to %d MiB: %d MiB in use by jobs', plan.mem, g('mem:in_use')))
+  end
+  return plan
 end
-redis.call('HSET', cap,
-  'cpu:total', cpu_total, 'cpu:available', cpu_total - g('cpu:in_use'), 'cpu:in_use', g('cpu:in_use'),
-  'mem:total', mem_total, 'mem:available', mem_total - g('mem:in_use'), 'mem:in_use', g('mem:in_use'))
+
+local function ledger_apply(plan)
+  local cap, h = plan.cap, plan.h
+  local function g(f) return h[f] or 0 end
+  for _, m in ipairs(plan.models) do
+    local p = 'gpu:' .. m .. ':'
+    local new = plan.want[m] or 0
+    local t, a, u, mi = g(p .. 'total'), g(p .. 'available'), g(p .. 'in_use'), g(p .. 'mining')
+    if new == 0 and u == 0 then
+      redis.call('HDEL', cap, p .. 'total', p .. 'available', p .. 'in_use', p .. 'mining')
+    else
+      if new >= t then
+        a = a + (new - t)
+      else
+        local shrink = t - new
+        local take = math.min(a, shrink)
+        a = a - take
+        mi = mi - (shrink - take)
+      end
+      local declared = plan.mine[m] or -1
+      if declared >= 0 then  -- mining takes idle GPUs only, never GPUs that jobs hold
+        local idle = a + mi
+        mi = math.min(declared, idle)
+        a = idle - mi
+      end
+      redis.call('HSET', cap, p .. 'total', new, p .. 'available', a, p .. 'in_use', u, p .. 'mining', mi)
+    end
+  end
+  redis.call('HSET', cap,
+    'cpu:total', plan.cpu, 'cpu:available', plan.cpu - g('cpu:in_use'), 'cpu:in_use', g('cpu:in_use'),
+    'mem:total', plan.mem, 'mem:available', plan.mem - g('mem:in_use'), 'mem:in_use', g('mem:in_use'))
+end
+"""
+
+# KEYS[1] capacity hash. ARGV: provider_id, then the ledger arguments (``ledger_args``).
+_SET_TOTALS = (
+    LUA_LEDGER_FUNCTIONS
+    + """
+local plan = ledger_plan(KEYS[1], ARGV, 2)
+if #plan.errors > 0 then
+  return {'err', 'provider ' .. ARGV[1] .. ': ' .. table.concat(plan.errors, '; ')}
+end
+ledger_apply(plan)
 return {'ok'}
 """
+)
 
 _ALLOCATE_MANY = """
 -- One call allocates a batch; each job is all or nothing, in order (a job id twice: the second
@@ -422,19 +446,40 @@ def _check_model(name: str, value: object) -> str:
         raise CapacityError(
             f"{name}: must be a GPU model name of 1 to {MAX_MODEL_NAME} characters, got {value!r:.80}"
         )
-    return canonical_gpu_model(value)
+    try:
+        return canonical_gpu_model(value)
+    except UnknownGpuModel as exc:
+        raise CapacityError(f"{name}: {exc}") from None
 
 
-def _check_gpu_totals(gpus: object) -> dict[str, int]:
+def _check_gpu_totals(gpus: object, what: str = "gpus") -> dict[str, int]:
     if not isinstance(gpus, Mapping):
-        raise CapacityError(f"gpus: must be a mapping of GPU model to count, got {type(gpus).__name__}")
+        raise CapacityError(f"{what}: must be a mapping of GPU model to count, got {type(gpus).__name__}")
     totals: dict[str, int] = {}
     for name, count in gpus.items():
-        model = _check_model("gpus", name)
-        totals[model] = totals.get(model, 0) + _check_count(f"gpus[{name!r}]", count, MAX_GPUS)
+        model = _check_model(what, name)
+        totals[model] = totals.get(model, 0) + _check_count(f"{what}[{name!r}]", count, MAX_GPUS)
     if sum(totals.values()) > MAX_GPUS:
-        raise CapacityError(f"gpus: adds up to {sum(totals.values())} GPUs; at most {MAX_GPUS}")
+        raise CapacityError(f"{what}: adds up to {sum(totals.values())} GPUs; at most {MAX_GPUS}")
     return totals
+
+
+def ledger_args(
+    gpus: Mapping[str, int], cpu_cores: int, memory_mb: int, mining: Mapping[str, int] | None = None
+) -> list[Any]:
+    """The checked arguments of ``LUA_LEDGER_FUNCTIONS``' ``ledger_plan``; ``CapacityError`` if invalid."""
+    totals = _check_gpu_totals(gpus)
+    declared = _check_gpu_totals(mining or {}, "mining")
+    for model, count in declared.items():
+        if count > totals.get(model, 0):
+            raise CapacityError(f"mining[{model!r}]: {count} exceeds the {totals.get(model, 0)} offered")
+    args: list[Any] = [
+        _check_count("cpu_cores", cpu_cores, MAX_CPU_CORES),
+        _check_count("memory_mb", memory_mb, MAX_MEMORY_MB),
+    ]
+    for model, count in totals.items():
+        args += [model, count, declared.get(model, -1)]
+    return args
 
 
 def _chunks(items: list, size: int) -> list[list]:
@@ -479,22 +524,23 @@ class CapacityLedger:
     # -- writes ----------------------------------------------------------------------------------
 
     def set_totals(
-        self, provider_id: str, gpus: Mapping[str, int], cpu_cores: int, memory_mb: int
+        self,
+        provider_id: str,
+        gpus: Mapping[str, int],
+        cpu_cores: int,
+        memory_mb: int,
+        mining: Mapping[str, int] | None = None,
     ) -> Capacity:
         """Set or replace what a provider offers; returns the new snapshot.
 
         GPU model names are canonicalised (two spellings of one model add up). Growing a total adds
         to ``available``; shrinking takes from ``available`` first, then from ``mining``; a total
         below what jobs hold is refused (``CapacityError``, nothing written). Models left out (or
-        given as 0) with nothing in use disappear from the ledger.
+        given as 0) with nothing in use disappear from the ledger. ``mining`` (per model) sets how
+        many GPUs mine, out of those that no job holds; models it leaves out keep their mining.
         """
         provider_id = _check_provider_id(provider_id)
-        totals = _check_gpu_totals(gpus)
-        cpu_cores = _check_count("cpu_cores", cpu_cores, MAX_CPU_CORES)
-        memory_mb = _check_count("memory_mb", memory_mb, MAX_MEMORY_MB)
-        args: list[Any] = [provider_id, cpu_cores, memory_mb]
-        for model, count in totals.items():
-            args += [model, count]
+        args = [provider_id, *ledger_args(gpus, cpu_cores, memory_mb, mining)]
         self._run(self._set_totals, [self.keys.capacity(provider_id)], args)
         return self.get(provider_id)
 

@@ -13,10 +13,19 @@ import click
 import redis
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from worldland.audit import Audit, AuditSettings
 from worldland.capacity import CapacityError
-from worldland.config import DEFAULT_REDIS_URL, KEY_PREFIX_ENV, REDIS_URL_ENV, connect, redacted
+from worldland.config import (
+    DEFAULT_REDIS_URL,
+    KEY_PREFIX_ENV,
+    REDIS_URL_ENV,
+    connect,
+    connection_error_message,
+    redacted,
+    redis_error_reason,
+)
 from worldland.fleet import Fleet
 from worldland.keys import DEFAULT_PREFIX, Keys
 from worldland.lifecycle import Status, TransitionError
@@ -26,20 +35,52 @@ from worldland.names import canonical_gpu_model
 from worldland.onboarding import DEFAULT_TOKEN_TTL_S, MAX_TOKEN_TTL_S, MIN_TOKEN_TTL_S, Onboarding
 from worldland.policy import ApprovalPolicy, PolicyError
 from worldland.store import StoreError
-from worldland.streams import DEFAULT_GROUP, StreamNames
+from worldland.streams import AGENT_RESPONSE_GROUPS, DEFAULT_GROUP, StreamNames
 
 STATUS_CHOICES = click.Choice([s.value for s in Status], case_sensitive=False)
 
 
+def plain(value: Any) -> str:
+    """``value`` as text that cannot drive the terminal: control and other unprintable characters
+    (ESC, CR, bidi overrides, ...) are shown escaped (``\\x1b``). Provider-supplied strings are free text."""
+    text = "" if value is None else str(value)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
+def one_line(message: str) -> str:
+    """``message`` on one line: its lines joined by spaces, nothing unprintable left."""
+    return plain(" ".join(part.strip() for part in message.splitlines() if part.strip()))
+
+
+def echo(message: str) -> None:
+    """Print a line of text (never markup) on stdout."""
+    click.echo(one_line(message))
+
+
 def fail(message: str) -> NoReturn:
-    click.echo(f"worldland: {message}", err=True)
+    """The CLI's error convention: ``worldland: <what is wrong>``, one line on stderr, exit status 1."""
+    click.echo(f"worldland: {one_line(message)}", err=True)
     sys.exit(1)
 
 
+def cell(value: Any) -> Text:
+    """A table cell holding ``value`` as literal text: rich markup in it (``[/]``, ``[link=...]``) is
+    shown, never interpreted; unprintable characters are escaped."""
+    return Text(plain(value))
+
+
+def console() -> Console:
+    """The console tables print on. Markup, emoji codes and highlighting are off: everything printed
+    is data (cells are Text objects as well, so a str passed by mistake still prints literally)."""
+    return Console(markup=False, emoji=False, highlight=False)
+
+
 class Context:
-    def __init__(self, redis_url: str, key_prefix: str) -> None:
+    def __init__(self, redis_url: str, keys: Keys) -> None:
         self.redis_url = redis_url
-        self.keys = Keys(key_prefix)
+        self.keys = keys
         self._fleet: Fleet | None = None
 
     @property
@@ -55,6 +96,7 @@ class Context:
         join_endpoint: str | None = None,
         token_ttl_s: int = DEFAULT_TOKEN_TTL_S,
         stream_namespace: str = "",
+        agent_groups: tuple[str, ...] = AGENT_RESPONSE_GROUPS,
     ) -> Onboarding:
         cluster = None
         if kubeconfig:
@@ -67,6 +109,7 @@ class Context:
             policy=policy or ApprovalPolicy(),
             cluster=cluster,
             token_ttl_s=token_ttl_s,
+            agent_groups=agent_groups,
         )
 
 
@@ -81,21 +124,33 @@ STREAM_NAMESPACE_OPTION = click.option(
 )
 
 
+def _is_kube_error(exc: BaseException) -> bool:
+    kube = sys.modules.get("worldland.kube")  # imported only by commands that talk to Kubernetes
+    return kube is not None and isinstance(exc, kube.KubeError)
+
+
 def handles_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn domain and connection errors into one line on stderr and exit status 1."""
+    """Turn domain, connection and Kubernetes errors into one line on stderr and exit status 1."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         ctx = click.get_current_context().find_object(Context)
         try:
             return command(*args, **kwargs)
-        except redis.ConnectionError as exc:
-            url = redacted(ctx.redis_url) if ctx else "?"
-            fail(f"cannot reach Redis at {url}: {exc}")
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            fail(
+                connection_error_message(ctx.redis_url, exc)
+                if ctx
+                else f"cannot reach Redis: {redis_error_reason(exc)}"
+            )
         except redis.RedisError as exc:
-            fail(f"Redis error: {exc}")
+            fail(f"Redis error: {redis_error_reason(exc)}")
         except (StoreError, TransitionError, CapacityError, ValueError) as exc:
             fail(str(exc))
+        except Exception as exc:
+            if _is_kube_error(exc):
+                fail(f"Kubernetes: {exc}")
+            raise
 
     return wrapper
 
@@ -132,7 +187,13 @@ def _gpu_summary(capacity: dict[str, Any] | None) -> str:
 @click.pass_context
 def main(ctx: click.Context, redis_url: str, key_prefix: str) -> None:
     """Onboard and operate WorldLand GPU providers."""
-    ctx.obj = Context(redis_url, key_prefix)
+    try:
+        keys = Keys(key_prefix)
+    except ValueError as exc:
+        source = ctx.get_parameter_source("key_prefix")
+        option = KEY_PREFIX_ENV if source is click.core.ParameterSource.ENVIRONMENT else "--key-prefix"
+        fail(f"{option}: {str(exc).removeprefix('key_prefix: ')}")
+    ctx.obj = Context(redis_url, keys)
 
 
 @main.command()
@@ -154,14 +215,14 @@ def status(obj: Context, statuses: tuple[str, ...], as_json: bool) -> None:
         table.add_column(column)
     for p in providers:
         table.add_row(
-            p["provider_id"],
-            p["status"],
-            p["node_name"],
-            p["public_ip"],
-            p["last_heartbeat"] or "never",
-            _gpu_summary(p["capacity"]),
+            cell(p["provider_id"]),
+            cell(p["status"]),
+            cell(p["node_name"]),
+            cell(p["public_ip"]),
+            cell(p["last_heartbeat"] or "never"),
+            cell(_gpu_summary(p["capacity"])),
         )
-    Console().print(table)
+    console().print(table)
 
 
 @main.command()
@@ -175,13 +236,13 @@ def show(obj: Context, provider_id: str, as_json: bool) -> None:
     if as_json:
         print_json(provider)
         return
-    table = Table(show_header=False, title=provider_id)
+    table = Table(show_header=False, title=cell(provider_id))
     table.add_column("field", style="bold")
     table.add_column("value")
     for key, value in provider.items():
-        text = json.dumps(value) if isinstance(value, dict | list) else ("" if value is None else str(value))
-        table.add_row(key, text)
-    Console().print(table)
+        text = json.dumps(value) if isinstance(value, dict | list) else value
+        table.add_row(cell(key), cell(text))
+    console().print(table)
 
 
 @main.command()
@@ -200,24 +261,50 @@ def approve(
     """
     onboarding = obj.onboarding(kubeconfig, join_endpoint=join_endpoint, stream_namespace=stream_namespace)
     if onboarding.approve(provider_id):
-        click.echo(f"{provider_id}: approved; join token sent")
+        echo(f"{provider_id}: approved; join token sent")
     elif kubeconfig:
         error = obj.fleet.store.require(provider_id).last_error
         fail(f"{provider_id}: approved, but no join token yet ({error}); the listener retries")
     else:
-        click.echo(f"{provider_id}: approved; the listener sends the join token")
+        echo(f"{provider_id}: approved; the listener sends the join token")
 
 
 @main.command()
 @click.argument("provider_id")
 @click.option("--reason", required=True, help="Why; the provider is told.")
+@KUBECONFIG_OPTION
 @STREAM_NAMESPACE_OPTION
 @click.pass_obj
 @handles_errors
-def reject(obj: Context, provider_id: str, reason: str, stream_namespace: str) -> None:
-    """Reject a pending (or revoke an approved) provider, and tell it why."""
-    obj.onboarding(None, stream_namespace=stream_namespace).reject(provider_id, reason)
-    click.echo(f"{provider_id}: rejected")
+def reject(
+    obj: Context, provider_id: str, reason: str, kubeconfig: str | None, stream_namespace: str
+) -> None:
+    """Reject a pending (or revoke an approved) provider, and tell it why.
+
+    A revoked provider's join token is deleted (with --kubeconfig at once, else by the listener's
+    next reconcile). It stays rejected until `worldland approve` or `worldland reset`.
+    """
+    onboarding = obj.onboarding(kubeconfig, stream_namespace=stream_namespace)
+    onboarding.reject(provider_id, reason)
+    queued = obj.fleet.client.scard(obj.keys.revoked_tokens)
+    if queued:
+        echo(f"{provider_id}: rejected; {queued} revoked join token(s) wait for the listener's reconcile")
+    else:
+        echo(f"{provider_id}: rejected")
+
+
+@main.command()
+@click.argument("provider_id")
+@STREAM_NAMESPACE_OPTION
+@click.pass_obj
+@handles_errors
+def reset(obj: Context, provider_id: str, stream_namespace: str) -> None:
+    """Give a rejected provider a fresh start: Rejected -> Pending.
+
+    Its next registration is judged by the policy as a new one would be.
+    """
+    obj.onboarding(None, stream_namespace=stream_namespace).reset(provider_id)
+    echo(f"{provider_id}: pending; its next registration is judged afresh")
 
 
 @main.command()
@@ -263,6 +350,21 @@ def reject(obj: Context, provider_id: str, reason: str, stream_namespace: str) -
 )
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=0, help="Serve Prometheus metrics.")
 @click.option("--metrics-address", default="127.0.0.1", show_default=True)
+@click.option(
+    "--max-deliveries",
+    type=click.IntRange(1, 1000),
+    default=5,
+    show_default=True,
+    help="Dead-letter an entry delivered this often without being acknowledged (it stops listeners).",
+)
+@click.option(
+    "--agent-group",
+    "agent_groups",
+    multiple=True,
+    default=AGENT_RESPONSE_GROUPS,
+    show_default=True,
+    help="Consumer group an agent reads its answers with; created before the first answer (repeatable).",
+)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")
 @STREAM_NAMESPACE_OPTION
 @click.pass_obj
@@ -280,6 +382,8 @@ def listen(
     claim_idle_ms: int,
     claim_interval: float,
     reconcile_interval: float,
+    max_deliveries: int,
+    agent_groups: tuple[str, ...],
     metrics_port: int,
     metrics_address: str,
     log_level: str,
@@ -291,7 +395,9 @@ def listen(
         policy = ApprovalPolicy.load(policy_path) if policy_path else ApprovalPolicy()
     except PolicyError as err:
         fail(str(err))
-    onboarding = obj.onboarding(kubeconfig, policy, join_endpoint, token_ttl * 60, stream_namespace)
+    onboarding = obj.onboarding(
+        kubeconfig, policy, join_endpoint, token_ttl * 60, stream_namespace, tuple(agent_groups)
+    )
     settings = ListenerSettings(
         group=group,
         consumer=consumer,
@@ -300,11 +406,15 @@ def listen(
         claim_idle_ms=claim_idle_ms,
         claim_every_s=claim_interval,
         reconcile_every_s=reconcile_interval,
+        max_deliveries=max_deliveries,
     )
     listener = Listener(onboarding, settings)
     listener.install_signal_handlers()
     if metrics_port:
-        listener.serve_metrics(metrics_port, metrics_address)
+        try:
+            listener.serve_metrics(metrics_port, metrics_address)
+        except OSError as exc:
+            fail(f"cannot serve metrics on {metrics_address}:{metrics_port}: {exc.strerror or exc}")
     logging.getLogger("worldland.listener").info(
         "listening",
         extra={
@@ -373,16 +483,16 @@ def audit(
     try:
         onboarding = obj.onboarding(kubeconfig)
     except KubeError as exc:
-        fail(str(exc))
+        fail(f"Kubernetes: {exc}")
     report = Audit(onboarding, settings).run(dry_run=dry_run)
     if as_json:
         print_json(report.to_dict())
     else:
-        click.echo(report.summary())
+        echo(report.summary())
         for line in report.details:
-            click.echo(f"  {line}")
+            click.echo(f"  {one_line(line)}")
     for error in report.errors:
-        click.echo(f"worldland audit: error: {error}", err=True)
+        click.echo(f"worldland audit: error: {one_line(error)}", err=True)
     if report.errors:
         sys.exit(1)
 
@@ -412,7 +522,7 @@ def allocate(
     if as_json:
         print_json(allocation.to_dict())
     else:
-        click.echo(
+        echo(
             f"{job_id}: {allocation.gpus} x {allocation.model} ({allocation.from_mining} from mining), "
             f"{allocation.cpu_cores} cores, {allocation.memory_mb} MiB on {provider_id}"
         )
@@ -429,9 +539,9 @@ def release(obj: Context, job_id: str, as_json: bool) -> None:
     if as_json:
         print_json(allocation.to_dict() if allocation else None)
     elif allocation is None:
-        click.echo(f"{job_id}: nothing held (already released or never allocated)")
+        echo(f"{job_id}: nothing held (already released or never allocated)")
     else:
-        click.echo(
+        echo(
             f"{job_id}: released {allocation.gpus} x {allocation.model}, {allocation.cpu_cores} cores, "
             f"{allocation.memory_mb} MiB on {allocation.provider_id}"
         )
@@ -446,14 +556,18 @@ def release(obj: Context, job_id: str, as_json: bool) -> None:
 @handles_errors
 def mining(obj: Context, provider_id: str, model: str, count: int, as_json: bool) -> None:
     """Set how many idle GPUs of a model mine (rentals take them back when needed)."""
-    obj.fleet.ledger.set_mining(provider_id, model, count)
-    capacity = obj.fleet.ledger.get(provider_id)
+    obj.fleet.store.require(provider_id)  # one line naming an unknown provider
+    canonical = canonical_gpu_model(model)
+    offered = obj.fleet.ledger.get(provider_id).to_dict()["gpus"]
+    if model.strip() and canonical not in offered:  # (an empty name: the ledger says what is wrong)
+        models = ", ".join(sorted(offered)) or "none"
+        fail(f"provider {provider_id!r} has no {canonical} GPUs (its models: {models})")
+    capacity = obj.fleet.ledger.set_mining(provider_id, model, count)
     if as_json:
         print_json(capacity.to_dict())
     else:
-        canonical = canonical_gpu_model(model)
-        counts = capacity.to_dict()["gpus"][canonical]
-        click.echo(f"{provider_id} {canonical}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        counts = capacity.to_dict()["gpus"].get(canonical, {})
+        echo(f"{provider_id} {canonical}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
 
 
 @main.command("gpu-model")
@@ -465,7 +579,7 @@ def gpu_model(names: tuple[str, ...], as_json: bool) -> None:
         print_json({name: canonical_gpu_model(name) for name in names})
     else:
         for name in names:
-            click.echo(canonical_gpu_model(name))
+            echo(canonical_gpu_model(name))
 
 
 if __name__ == "__main__":

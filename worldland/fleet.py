@@ -44,10 +44,9 @@ class Fleet:
     def register(self, request: RegistrationRequest) -> UpsertResult:
         """Store a validated registration and the capacity it offers; idempotent by provider id.
 
-        The ledger is set before the record is written, so a capacity the ledger refuses (a total
-        below what running jobs use) leaves the stored registration untouched.
+        One atomic step: a registration refused for its wallet or its capacity (a total below what
+        running jobs use) leaves both the stored record and the ledger untouched.
         """
-        self.ledger.set_totals(request.provider_id, *request.ledger_totals())
         return self.store.upsert_registration(request)
 
     def reject(self, provider_id: str, reason: str) -> TransitionResult:
@@ -56,7 +55,9 @@ class Fleet:
             raise ValueError("reason: must not be empty; the provider is told why it was rejected")
         if len(reason) > MAX_REASON_LENGTH:
             raise ValueError(f"reason: at most {MAX_REASON_LENGTH} characters")
-        return self.store.transition(provider_id, Status.REJECTED, reason=reason)
+        result = self.store.transition(provider_id, Status.REJECTED, reason=reason)
+        self.store.mark_rejected_by_operator(provider_id)
+        return result
 
     def describe(self, statuses: list[Status] | None = None) -> list[dict[str, Any]]:
         """Providers as plain dicts (record, time of last heartbeat, capacity); a few round trips."""

@@ -10,10 +10,61 @@ from dataclasses import dataclass
 
 DEFAULT_PREFIX = "worldland:"
 
+# The deployed Go agent's streams live outside any prefix, at names it fixes: provider:registration,
+# provider:heartbeat, provider:capacity and provider:response:<provider id> (plus their ":dead"
+# letters; streams.py). No key of ours may ever be able to land on one (DESIGN.md, "Wire protocol").
+AGENT_STREAM_PREFIX = "provider:"
+AGENT_STREAMS = "provider:registration, provider:heartbeat, provider:capacity, provider:response:<id>"
+
+# Every key family below, as (method or property name, takes an id). Keys.__post_init__ checks each
+# against the agent's streams; tests/test_config.py checks that this list names every family.
+_FAMILIES: tuple[tuple[str, bool], ...] = (
+    ("provider", True),
+    ("status_index", True),
+    ("node_claim", True),
+    ("heartbeat_index", False),
+    ("heartbeat", True),
+    ("node_sync", False),
+    ("awaiting_first_beat", False),
+    ("audit_lock", False),
+    ("capacity", True),
+    ("job", True),
+    ("provider_jobs", True),
+    ("revoked_tokens", False),
+)
+
 
 @dataclass(frozen=True, slots=True)
 class Keys:
     prefix: str = DEFAULT_PREFIX
+
+    def __post_init__(self) -> None:
+        """Refuse a prefix under which some key could be one of the agent's streams.
+
+        With an empty prefix ``provider:<id>`` is ``provider:registration`` for a provider named
+        ``registration`` (a heartbeat then hits the stream: WRONGTYPE); a prefix starting with
+        ``provider:`` puts every key among the stream names.
+        """
+        if not isinstance(self.prefix, str):
+            raise TypeError(f"key_prefix: must be a string, not {type(self.prefix).__name__}")
+        if not self.prefix:
+            raise ValueError(
+                "key_prefix: must not be empty: keys would share the agent's stream names "
+                f"({AGENT_STREAMS}), e.g. provider:<id> of a provider named 'registration'; "
+                f"use a prefix such as {DEFAULT_PREFIX!r}"
+            )
+        for name, takes_id in _FAMILIES:
+            member = getattr(self, name)
+            stem = member("") if takes_id else member
+            # A key is stem + id (any id) or exactly stem: it can be a stream name when it starts
+            # with the streams' common prefix, or (with an id) when it could still grow into one.
+            if stem.startswith(AGENT_STREAM_PREFIX) or (takes_id and AGENT_STREAM_PREFIX.startswith(stem)):
+                key = f"{stem}<id>" if takes_id else stem
+                raise ValueError(
+                    f"key_prefix: {self.prefix!r} collides with the agent's stream names ({AGENT_STREAMS}): "
+                    f"keys such as {key} fall under {AGENT_STREAM_PREFIX!r}, which the agent owns; "
+                    f"use a prefix such as {DEFAULT_PREFIX!r}"
+                )
 
     def provider(self, provider_id: str) -> str:
         """Hash: the provider record (status, wallet, node name, registration JSON, ...)."""
@@ -72,3 +123,12 @@ class Keys:
     def provider_jobs(self, provider_id: str) -> str:
         """Set: ids of the jobs currently holding resources of a provider."""
         return f"{self.prefix}jobs:{provider_id}"
+
+    @property
+    def revoked_tokens(self) -> str:
+        """Set: ids of the join tokens of revoked providers still to be deleted from the cluster.
+
+        Added by ``worldland reject`` before the provider record forgets its token; drained by the
+        listener's reconcile when Kubernetes could not be reached at once.
+        """
+        return f"{self.prefix}revoked-tokens"

@@ -218,7 +218,7 @@ class Listener:
                 outcome = self.onboarding.handle_registration(entry.data or "")
             except Rejected as err:
                 self._dead_letter(entry, str(err))
-                outcome = "invalid"
+                outcome = err.outcome  # "wallet_mismatch" counts registrations for others' ids
             except (redis.ConnectionError, redis.TimeoutError):
                 raise  # not acknowledged: handled again once Redis is back
             except Exception as err:  # a bug or a race must not stop the stream (nor loop on this entry)

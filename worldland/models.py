@@ -21,6 +21,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -119,6 +120,33 @@ def check_public_ip(value: str, allow_private: bool) -> str:
     return str(address)
 
 
+# Kubernetes', Debian's and Go's names (what node labels and package repositories use); the kernel's
+# ``uname -m`` spellings map to them.
+ARCHITECTURES = {
+    "x86_64": "amd64",
+    "amd64": "amd64",
+    "x64": "amd64",
+    "aarch64": "arm64",
+    "arm64": "arm64",
+    "armv7l": "arm",
+    "armhf": "arm",
+    "arm": "arm",
+    "ppc64le": "ppc64le",
+    "s390x": "s390x",
+    "riscv64": "riscv64",
+}
+
+
+def normalise_architecture(value: str) -> str:
+    """``x86_64`` and Go's ``amd64`` are one architecture: ``amd64`` (likewise ``aarch64``/``arm64``)."""
+    name = ARCHITECTURES.get(value.strip().lower())
+    if name is None:
+        raise ValueError(
+            f"{value!r:.40} is not a known CPU architecture ({', '.join(sorted(set(ARCHITECTURES)))})"
+        )
+    return name
+
+
 def check_provider_id(value: str) -> str:
     if not PROVIDER_ID_RE.match(value):
         raise ValueError("must be 1 to 128 characters of letters, digits and . _ : -")
@@ -145,6 +173,7 @@ class GpuInfo(WireModel):
     def _name_has_text(cls, value: str) -> str:
         if not value.strip() or not value.isprintable():
             raise ValueError("must be printable text")
+        canonical_gpu_model(value)  # UnknownGpuModel (a ValueError) names the GPU
         return value
 
     @property
@@ -173,6 +202,17 @@ class ProviderSpec(WireModel):
     @classmethod
     def _hostname(cls, value: str) -> str:
         return check_hostname(value)
+
+    @field_validator("gpus", mode="before")
+    @classmethod
+    def _null_is_no_gpus(cls, value: Any) -> Any:
+        # The Go agent encodes an empty slice as null on every CPU-only or driverless host.
+        return [] if value is None else value
+
+    @field_validator("architecture")
+    @classmethod
+    def _architecture(cls, value: str | None) -> str | None:
+        return None if value in (None, "") else normalise_architecture(value)
 
     @field_validator("public_ip")
     @classmethod
@@ -239,10 +279,31 @@ class LedgerTotals(NamedTuple):
     gpus: dict[str, int]  # per canonical model
     cpu_cores: int
     memory_mb: int
+    mining: dict[str, int] | None = None  # GPUs that mine, per canonical model; None: not declared
+
+
+class MiningConfig(WireModel):
+    """The SDK's ``mining_config``: which GPUs mine while not rented (other fields are ignored)."""
+
+    enabled: bool | None = None
+    gpus: ModelCounts | None = Field(default=None, validation_alias=AliasChoices("mining_gpus", "gpus"))
+
+    @field_validator("gpus")
+    @classmethod
+    def _keys_name_models(cls, counts: dict[str, int] | None) -> dict[str, int] | None:
+        for name in counts or {}:
+            canonical_gpu_model(name)
+        return counts
 
 
 class CapacityOffer(WireModel):
-    """What a provider offers for rental. Every field is optional; maps are keyed by raw GPU names."""
+    """What a provider offers for rental. Every field is optional; maps are keyed by raw GPU names.
+
+    The Go SDK reports host totals in ``total_cpu_cores``/``total_memory_mb``, the part it shares in
+    ``cpu_cores``/``available_cpu_cores``/``memory_mb``/``available_memory_mb``, its GPUs per model in
+    ``total_gpus`` and, with the mining GPUs taken out, in ``available_gpus``; ``mining_config`` may
+    name the mining GPUs per model. The ledger offers the shared part and starts with that mining.
+    """
 
     gpu_count: Annotated[int, Field(ge=0, le=MAX_GPUS)] | None = None
     cpu_cores: Annotated[int, Field(ge=0, le=MAX_CPU_CORES)] | None = None
@@ -258,6 +319,14 @@ class CapacityOffer(WireModel):
     cpu_price_per_hour: Price | None = None
     available_from: datetime | None = None
     available_until: datetime | None = None
+    mining_config: MiningConfig | None = None
+
+    @field_validator("total_gpus", "available_gpus", "gpu_prices_per_hour", mode="after")
+    @classmethod
+    def _keys_name_models(cls, by_name: dict[str, Any] | None) -> dict[str, Any] | None:
+        for name in by_name or {}:
+            canonical_gpu_model(name)  # a key that names no GPU model is refused, naming it
+        return by_name
 
     @field_validator("total_gpus", "available_gpus")
     @classmethod
@@ -268,23 +337,51 @@ class CapacityOffer(WireModel):
 
     def gpus_by_model(self) -> dict[str, int] | None:
         """Offered GPUs per canonical model, or None when the offer does not say."""
-        if self.total_gpus is None:
-            return None
-        counts: dict[str, int] = {}
-        for name, count in self.total_gpus.items():
-            model = canonical_gpu_model(name)
-            counts[model] = counts.get(model, 0) + count
-        return counts
+        return None if self.total_gpus is None else _per_model(self.total_gpus)
 
     def prices_by_model(self) -> dict[str, float]:
         prices = {canonical_gpu_model(n): p for n, p in (self.gpu_prices_per_hour or {}).items()}
         return prices
 
-    def offered_cpu_cores(self) -> int | None:
-        return self.total_cpu_cores if self.total_cpu_cores is not None else self.cpu_cores
+    def shared_cpu_cores(self) -> int | None:
+        """The CPU cores the provider shares (not the host's total, when both are given)."""
+        for value in (self.cpu_cores, self.available_cpu_cores, self.total_cpu_cores):
+            if value is not None:
+                return value
+        return None
 
-    def offered_memory_mb(self) -> int | None:
-        return self.total_memory_mb if self.total_memory_mb is not None else self.memory_mb
+    def shared_memory_mb(self) -> int | None:
+        for value in (self.memory_mb, self.available_memory_mb, self.total_memory_mb):
+            if value is not None:
+                return value
+        return None
+
+    def mining_by_model(self, gpus: dict[str, int]) -> dict[str, int] | None:
+        """Mining GPUs per canonical model as declared, or None when the offer does not say.
+
+        ``mining_config``'s map wins; else what ``available_gpus`` leaves out of the offered GPUs.
+        """
+        config = self.mining_config
+        if config is not None and config.enabled is False:
+            return dict.fromkeys(gpus, 0)
+        if config is not None and config.gpus is not None:
+            declared = _per_model(config.gpus)
+            where = "capacity.mining_config.mining_gpus"
+        elif self.available_gpus is not None:
+            available = _per_model(self.available_gpus)
+            for model, count in available.items():
+                if count > gpus.get(model, 0):
+                    raise ValueError(
+                        f"capacity.available_gpus: {count} {model} available but {gpus.get(model, 0)} offered"
+                    )
+            declared = {model: total - available.get(model, 0) for model, total in gpus.items()}
+            where = "capacity.available_gpus"
+        else:
+            return None
+        for model, count in declared.items():
+            if count > gpus.get(model, 0):
+                raise ValueError(f"{where}: {count} {model} mining but {gpus.get(model, 0)} offered")
+        return {model: declared.get(model, 0) for model in gpus}
 
     def within(self, spec: ProviderSpec) -> LedgerTotals:
         """What goes into the capacity ledger: this offer, within the registered hardware.
@@ -300,12 +397,22 @@ class CapacityOffer(WireModel):
                 raise ValueError(
                     f"capacity.total_gpus: offers {count} {model} but spec lists {have.get(model, 0)}"
                 )
-        cores, memory = self.offered_cpu_cores(), self.offered_memory_mb()
+        cores, memory = self.shared_cpu_cores(), self.shared_memory_mb()
         return LedgerTotals(
             gpus,
             spec.cpu_cores if cores is None else min(cores, spec.cpu_cores),
             spec.total_memory_mb if memory is None else min(memory, spec.total_memory_mb),
+            self.mining_by_model(gpus),
         )
+
+
+def _per_model(counts: dict[str, int]) -> dict[str, int]:
+    """A map keyed by raw GPU names, keyed by canonical model (two spellings of one model add up)."""
+    merged: dict[str, int] = {}
+    for name, count in counts.items():
+        model = canonical_gpu_model(name)
+        merged[model] = merged.get(model, 0) + count
+    return merged
 
 
 class RegistrationRequest(WireModel):
@@ -316,13 +423,17 @@ class RegistrationRequest(WireModel):
     agent_version: Annotated[str, Field(max_length=32)] | None = None
     timestamp: datetime | None = None
 
+    _totals: LedgerTotals | None = PrivateAttr(default=None)
+
     @model_validator(mode="after")
     def _offer_within_hardware(self) -> Self:
-        self.capacity.within(self.spec)
+        self._totals = self.capacity.within(self.spec)
         return self
 
     def ledger_totals(self) -> LedgerTotals:
-        return self.capacity.within(self.spec)
+        """What the ledger offers (computed once, when the request was validated)."""
+        assert self._totals is not None
+        return self._totals
 
     def offered_gpus(self) -> dict[str, int]:
         """GPUs per canonical model that go into the capacity ledger."""

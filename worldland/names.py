@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -11,7 +12,6 @@ from datetime import UTC, datetime
 # Vendor and brand words carry no information about the product (DESIGN.md, "Names and labels").
 VENDOR_WORDS = frozenset({"nvidia", "geforce", "tesla", "quadro"})
 LABEL_VALUE_MAX = 63
-UNKNOWN_GPU_MODEL = "unknown"
 MAX_NODE_NAME_ATTEMPT = 20  # the suffix grows 2 hex digits per attempt and must leave room
 
 # Node labels (DESIGN.md, "Names and labels"), applied from the control-plane side.
@@ -53,24 +53,80 @@ def label_value(text: str) -> str:
     return f"{cleaned}-{suffix}" if cleaned else suffix
 
 
+class UnknownGpuModel(ValueError):
+    """A GPU name that names no model: empty, punctuation only, or only vendor and brand words."""
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(message)
+        self.name = name
+
+
+# Canonical names are matched without regard to case: every word of a model is upper-cased (RTX, SXM4,
+# 80GB, SUPER, TITAN), except these words, which NVIDIA spells in mixed or lower case (keys lower-case).
+# A word is a piece between "-" or spaces, so "Max-Q" is "Max" and "Q". One spelling per word: nvidia-smi
+# writes "PCIE" in "Tesla V100-PCIE-32GB" but "PCIe" in "NVIDIA H100 PCIe"; both become "PCIe".
+_MIXED_CASE_WORDS = {
+    w.lower(): w
+    for w in (
+        "Ti", "PCIe", "Ada", "Generation", "Laptop", "Max", "with", "Design", "Mobile", "Embedded",
+        "Xp", "Pascal", "Rev", "Blackwell", "Workstation", "Server", "Edition", "Display", "Graphics",
+        "Device", "HBM3e", "Orin", "nvgpu",
+    )
+}  # fmt: skip
+# MIG profiles stay lower case (``1g.10gb``, ``1c.2g.20gb``), as do their ``+me``/``+gfx`` options (the
+# "+" becomes a word break). Bounded digits keep a cut-down long word from ever looking like a profile.
+_MIG_PROFILE = re.compile(r"(?:\d{1,2}c\.)?\d{1,2}g\.\d{1,3}gb\Z")
+_MIG_OPTIONS = frozenset({"me", "gfx"})
+_LONG_MODEL_SUFFIX = 6  # hex digits of the hash that ends a shortened name
+
+
+def _quoted(name: str) -> str:
+    shown = name if len(name) <= 80 else name[:80] + "..."
+    return json.dumps(shown)
+
+
+def _canonical_word(word: str, previous: str | None) -> str:
+    lower = word.lower()
+    if _MIG_PROFILE.match(lower) or (lower in _MIG_OPTIONS and previous and _MIG_PROFILE.match(previous)):
+        return lower
+    return _MIXED_CASE_WORDS.get(lower, word.upper())
+
+
 @functools.lru_cache(maxsize=4096)  # a fleet has few distinct models; listings ask for them per provider
 def canonical_gpu_model(name: str) -> str:
     """The canonical model name used everywhere: labels, capacity maps, prices, inventory groups.
 
-    ``NVIDIA GeForce RTX 4090`` -> ``RTX-4090``; ``NVIDIA H100 80GB HBM3`` -> ``H100-80GB-HBM3``.
-    Vendor and brand words are dropped, the vendor's own case is kept, the rest joined by ``-``;
-    the result is always a valid label value.
+    ``NVIDIA GeForce RTX 4090`` -> ``RTX-4090``; ``NVIDIA H100 80GB HBM3`` -> ``H100-80GB-HBM3``;
+    ``nvidia geforce rtx 3060 ti`` -> ``RTX-3060-Ti``. The name is cut into words at spaces, ``-`` and
+    characters a label value cannot hold; vendor and brand words are dropped; each word gets its one
+    spelling, whatever the input's case (upper case unless NVIDIA spells it otherwise: ``Ti``, ``PCIe``,
+    ``Ada``, ``1g.10gb``); the words are joined by ``-``. The result is a valid label value, and the
+    canonical name of a canonical name is itself. Raises ``UnknownGpuModel`` when no word is left.
     """
-    # Clean each word before the vendor check, so "NVIDIA," is dropped too and the result is idempotent
-    # (before, "NVIDIA-" became "NVIDIA", which in turn became "unknown").
-    words = [_NOT_LABEL_CHARS.sub("-", w).strip("-._") for w in name.split()]
-    joined = "-".join(w for w in words if w and w.lower() not in VENDOR_WORDS)
-    value = _RUNS_OF_DASHES.sub("-", joined).strip("-._")
-    if not value:
-        return UNKNOWN_GPU_MODEL
+    pieces = [p.strip("._") for p in _NOT_LABEL_CHARS.sub("-", name).split("-")]
+    pieces = [p for p in pieces if p]
+    words: list[str] = []
+    for piece in pieces:
+        if piece.lower() not in VENDOR_WORDS:
+            words.append(_canonical_word(piece, words[-1] if words else None))
+    if not words:
+        if pieces:
+            raise UnknownGpuModel(name, f"{_quoted(name)} names no GPU model (only vendor or brand words)")
+        raise UnknownGpuModel(name, f"{_quoted(name)} names no GPU model")
+    value = "-".join(words)
     if len(value) > LABEL_VALUE_MAX:
-        suffix = _digest(value, 6)
-        value = f"{value[: LABEL_VALUE_MAX - 7].rstrip('-._')}-{suffix}"
+        # Cut at a word boundary, so every kept word keeps its spelling and the result stays canonical;
+        # the hash is taken on the case-normalised name, so case variants of a long name agree.
+        suffix = _digest(value, _LONG_MODEL_SUFFIX).upper()
+        room = LABEL_VALUE_MAX - len(suffix) - 1
+        kept: list[str] = []
+        for word in words:
+            if len("-".join([*kept, word])) > room:
+                break
+            kept.append(word)
+        # Only a first word longer than the room is cut; its head is spelled again ("TI....X" -> "Ti").
+        head = "-".join(kept) if kept else _canonical_word(words[0][:room].rstrip("._"), None)
+        value = f"{head}-{suffix}" if head else suffix
     return value
 
 

@@ -8,8 +8,10 @@ through ``worldland.kube`` (any object with the ``Cluster`` methods below).
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -19,6 +21,7 @@ from worldland.capacity import CapacityError
 from worldland.fleet import Fleet
 from worldland.lifecycle import Status, TransitionError
 from worldland.models import (
+    ALLOW_PRIVATE_IPS,
     PROVIDER_ID_RE,
     CapacityUpdate,
     MessageError,
@@ -29,8 +32,16 @@ from worldland.models import (
 )
 from worldland.names import node_labels
 from worldland.policy import ApprovalMode, ApprovalPolicy
-from worldland.store import ProviderRecord, StatusConflict, StoreError, WalletMismatch
-from worldland.streams import StreamNames, send_response
+from worldland.store import (
+    OPERATOR,
+    ProviderRecord,
+    StatusConflict,
+    StoreError,
+    WalletMismatch,
+    approved_registration,
+    same_wallet,
+)
+from worldland.streams import AGENT_RESPONSE_GROUPS, StreamNames, send_response
 
 if TYPE_CHECKING:  # the Kubernetes client is imported only where a cluster is used
     from worldland.kube import NodeState
@@ -47,10 +58,12 @@ class Cluster(Protocol):
     """What onboarding needs from Kubernetes (implemented by ``worldland.kube.KubeClient``)."""
 
     def ensure_bootstrap_token(
-        self, token_id: str, secret: str, expires_at: float, description: str
+        self, token_id: str, secret: str, expires_at: float, description: str, provider_id: str
     ) -> None: ...
 
     def bootstrap_token_secret(self, token_id: str) -> str | None: ...
+
+    def delete_bootstrap_token(self, token_id: str) -> bool: ...
 
     def ca_cert_hash(self) -> str: ...
 
@@ -66,6 +79,21 @@ class Cluster(Protocol):
 class Rejected(Exception):
     """A message that is refused as a whole: dead-lettered with this reason (never holds a token)."""
 
+    outcome = "invalid"  # the listener's metric label
+
+
+class ForeignRegistration(Rejected):
+    """A registration for a provider id bound to another wallet: never answered (the answer stream
+    belongs to the id's owner), dead-lettered and counted."""
+
+    outcome = "wallet_mismatch"
+
+
+class RefusedChange(Rejected):
+    """A registration refused while the stored provider stays as it was (answered with why)."""
+
+    outcome = "refused"
+
 
 @dataclass
 class ReconcileReport:
@@ -75,21 +103,48 @@ class ReconcileReport:
     errors: list[str] = field(default_factory=list)
 
 
-def readable_provider_id(raw: str | bytes | None) -> str | None:
-    """The provider id of a message that failed validation, if one can be read safely."""
+def readable_identity(raw: str | bytes | None) -> tuple[str | None, str | None]:
+    """The provider id and wallet of a message that failed validation, where they can be read safely."""
     if raw is None or len(raw) > MAX_READABLE_ID_PROBE:
-        return None
+        return None, None
     try:
         data = json.loads(raw)
     except (ValueError, RecursionError):
-        return None
-    pid = data.get("provider_id") if isinstance(data, dict) else None
-    return pid if isinstance(pid, str) and PROVIDER_ID_RE.match(pid) else None
+        return None, None
+    if not isinstance(data, dict):
+        return None, None
+    pid, wallet = data.get("provider_id"), data.get("wallet_addr")
+    return (
+        pid if isinstance(pid, str) and PROVIDER_ID_RE.match(pid) else None,
+        wallet if isinstance(wallet, str) else None,
+    )
+
+
+_JOIN_TOKEN_RE = re.compile(r"^[a-z0-9]{6}\.[a-z0-9]{16}\Z")
+_CA_HASH_RE = re.compile(r"^sha256:[0-9a-f]{64}\Z")
+_ENDPOINT_HOST_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?\Z")
 
 
 def join_command(host: str, port: int, token: str, ca_hash: str) -> str:
-    """The one-line form the deployed agent expects; the agent side of this project never runs it."""
-    return f"kubeadm join {host}:{port} --token {token} --discovery-token-ca-cert-hash {ca_hash}"
+    """The one-line form the deployed agent runs with ``sudo sh -c``.
+
+    Built only from values this project produced, each checked against its exact format here, so no
+    provider text and no shell metacharacter can ever reach it. The agent side of this project never
+    runs it (it joins with structured arguments).
+    """
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not _ENDPOINT_HOST_RE.match(host):
+            raise ValueError(f"join endpoint host {host!r:.80} is not an IP address or DNS name") from None
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise ValueError(f"join endpoint port {port!r:.20} is not 1-65535")
+    if not _JOIN_TOKEN_RE.match(token):
+        raise ValueError("join token is not of the bootstrap-token form [a-z0-9]{6}.[a-z0-9]{16}")
+    if not _CA_HASH_RE.match(ca_hash):
+        raise ValueError("CA hash is not sha256:<64 hex digits>")
+    endpoint = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return f"kubeadm join {endpoint} --token {token} --discovery-token-ca-cert-hash {ca_hash}"
 
 
 @dataclass
@@ -99,6 +154,7 @@ class Onboarding:
     policy: ApprovalPolicy
     cluster: Cluster | None
     token_ttl_s: int = DEFAULT_TOKEN_TTL_S
+    agent_groups: tuple[str, ...] = AGENT_RESPONSE_GROUPS
     new_token: Callable[[], tuple[str, str]] | None = None  # (id, secret); worldland.kube's by default
     clock: Callable[[], float] = time.time
 
@@ -119,87 +175,154 @@ class Onboarding:
     # -- answers ----------------------------------------------------------------------------------
 
     def answer(self, provider_id: str, response: RegistrationResponse) -> None:
-        send_response(self.fleet.client, self.streams, provider_id, response.to_wire())
+        send_response(self.fleet.client, self.streams, provider_id, response.to_wire(), self.agent_groups)
 
-    def answer_state(self, record: ProviderRecord, message: str) -> None:
+    def answer_state(self, record: ProviderRecord, message: str, *, success: bool | None = None) -> None:
         self.answer(
             record.provider_id,
             RegistrationResponse(
-                success=record.status is not Status.REJECTED,
+                success=record.status is not Status.REJECTED if success is None else success,
                 status=record.status,
                 message=message,
                 node_name=record.node_name,
             ),
         )
 
+    def _may_answer(self, provider_id: str, wallet: str | None) -> bool:
+        """Only the owner of a known provider id hears about it: an unknown id, or the same wallet."""
+        record = self.store.get(provider_id)
+        return record is None or (wallet is not None and same_wallet(record.wallet_addr, wallet))
+
     # -- registration -----------------------------------------------------------------------------
 
     def handle_registration(self, raw: str) -> str:
         """Process one registration message; returns its outcome (for metrics).
 
-        Raises ``Rejected`` for a message that must be dead-lettered.
+        Every check (validation, wallet, policy, capacity) comes before any write. Raises ``Rejected``
+        for a message that must be dead-lettered.
         """
         try:
             request = parse_registration(raw, allow_private_ips=self.policy.allow_private_ips)
         except MessageError as err:
-            pid = readable_provider_id(raw)
+            pid, wallet = readable_identity(raw)
             if pid is not None:
+                if not self._may_answer(pid, wallet):
+                    raise ForeignRegistration(f"{err} (for provider {pid!r}, from another wallet)") from None
                 self.answer(
                     pid, RegistrationResponse(success=False, status=Status.REJECTED, message=str(err))
                 )
             raise Rejected(str(err)) from None
 
-        existing = self.store.get(request.provider_id)
-        if existing is not None and existing.status in (Status.JOINED, Status.AVAILABLE, Status.OFFLINE):
-            self._register(request)
-            self.answer_state(existing, f"already {existing.status}; no new join token")
-            return "existing"
-
+        pid = request.provider_id
+        existing = self.store.get(pid)
+        if existing is not None and not same_wallet(existing.wallet_addr, request.wallet_addr):
+            raise ForeignRegistration(str(WalletMismatch(pid)))
         refusals = self.policy.refusals(request)
-        if refusals and (existing is None or existing.status in (Status.PENDING, Status.REJECTED)):
-            record = self._register(request)
-            reason = "; ".join(refusals)
-            if record.status is Status.PENDING:
-                self.store.transition(request.provider_id, Status.REJECTED, reason=reason)
-            self.answer(
-                request.provider_id,
-                RegistrationResponse(
-                    success=False, status=Status.REJECTED, message=reason, node_name=record.node_name
-                ),
+        if existing is None or existing.status is Status.PENDING:
+            record = self._register(request, existing)
+            if refusals:
+                return self._reject_by_policy(record, refusals)
+            return self._pending_or_approved(record)
+        if existing.status is Status.REJECTED:
+            if existing.rejected_by == OPERATOR:
+                self.answer_state(
+                    existing,
+                    f"rejected by an operator ({existing.status_reason}); "
+                    "registering again does not change that: ask the operator",
+                )
+                return "rejected"
+            record = self._register(request, existing)
+            if refusals:
+                return self._reject_by_policy(record, refusals)
+            self.store.transition(pid, Status.PENDING, reason="registered again")
+            return self._pending_or_approved(self.store.require(pid))
+        return self._reregister_live(existing, request, refusals)
+
+    def _reregister_live(
+        self, existing: ProviderRecord, request: RegistrationRequest, refusals: list[str]
+    ) -> str:
+        """An approved (joined, available, offline) provider registers again: the policy applies as to
+        a new one; a change it refuses is refused, one that needs an operator waits for one."""
+        pid = existing.provider_id
+        if refusals:
+            self.answer_state(
+                existing,
+                "registration change refused: "
+                + "; ".join(refusals)
+                + f"; the provider stays {existing.status} with the registration it was approved with",
+                success=False,
             )
-            return "rejected"
+            return "refused"
+        held = self.policy.changes_needing_approval(approved_registration(existing), request)
+        if held:
+            self.store.hold_change(pid, request)
+            message = "registration change waits for an operator's approval: " + "; ".join(held)
+            if existing.status is Status.APPROVED:
+                self.send_join_token(pid, message=message)
+            else:
+                self.answer_state(existing, message)
+            return "held"
+        record = self._register(request, existing)
+        if record.status is Status.APPROVED:  # the same token again while it lasts, else a fresh one
+            self.send_join_token(pid)
+            return "approved"
+        self.answer_state(record, f"already {record.status}; no new join token")
+        return "existing"
 
-        record = self._register(request)
-        if record.status is Status.REJECTED:  # a corrected re-registration starts over
-            self.store.transition(request.provider_id, Status.PENDING, reason="registered again")
-            record = self.store.require(request.provider_id)
+    def _reject_by_policy(self, record: ProviderRecord, refusals: list[str]) -> str:
+        reason = "; ".join(refusals)
         if record.status is Status.PENDING:
-            if self.policy.mode is ApprovalMode.AUTO:
-                self.approve(request.provider_id)
-                return "approved"
-            self.answer_state(record, "registration received; waiting for an operator's approval")
-            return "pending"
-        # Approved already: the same token again while it lasts, else a fresh one.
-        self.send_join_token(request.provider_id)
-        return "approved"
+            self.store.transition(record.provider_id, Status.REJECTED, reason=reason)
+        self.answer(
+            record.provider_id,
+            RegistrationResponse(
+                success=False, status=Status.REJECTED, message=reason, node_name=record.node_name
+            ),
+        )
+        return "rejected"
 
-    def _register(self, request: RegistrationRequest) -> ProviderRecord:
+    def _pending_or_approved(self, record: ProviderRecord) -> str:
+        if self.policy.mode is ApprovalMode.AUTO:
+            self.approve(record.provider_id)
+            return "approved"
+        self.answer_state(record, "registration received; waiting for an operator's approval")
+        return "pending"
+
+    def _register(self, request: RegistrationRequest, existing: ProviderRecord | None) -> ProviderRecord:
         try:
             return self.fleet.register(request).record
         except WalletMismatch as err:
-            # No answer: the response stream belongs to the id's real owner, not to this sender.
-            raise Rejected(str(err)) from None
+            raise ForeignRegistration(str(err)) from None
         except CapacityError as err:
-            raise Rejected(f"capacity: {err}") from None
+            message = f"capacity: {err}"
+            if existing is not None:  # the wallet matched: the owner is told why
+                self.answer_state(existing, message, success=False)
+            raise Rejected(message) from None
 
     # -- approval and tokens ----------------------------------------------------------------------
 
     def approve(self, provider_id: str) -> bool:
-        """Pending -> Approved, then a join token and the answer; True when the provider got its token."""
+        """An operator's (or the auto policy's) approval; True when the provider got its answer.
+
+        Pending -> Approved with a join token; Rejected goes through Pending first; a provider with a
+        registration change waiting for approval gets that change applied.
+        """
+        record = self.store.require(provider_id)
+        if record.pending_registration and record.status not in (Status.PENDING, Status.REJECTED):
+            request = RegistrationRequest.model_validate_json(
+                record.pending_registration, context={ALLOW_PRIVATE_IPS: True}
+            )
+            record = self._register(request, record)
+            if record.status is Status.APPROVED:
+                return self.send_join_token(provider_id, message="registration change approved")
+            self.answer_state(record, "registration change approved")
+            return True
+        if record.status is Status.REJECTED:
+            self.store.transition(provider_id, Status.PENDING, reason="approved by an operator")
         self.store.transition(provider_id, Status.APPROVED, reason="approved")
         return self.send_join_token(provider_id)
 
-    def send_join_token(self, provider_id: str) -> bool:
+    def send_join_token(self, provider_id: str, *, message: str = "registration approved") -> bool:
         """Give an Approved provider a valid join token and answer it; False (error recorded) on failure.
 
         Idempotent: while the recorded token is valid the same one is sent again; a token is created
@@ -230,12 +353,13 @@ class Onboarding:
                 record = self.store.require(provider_id)
             ca_hash = self.cluster.ca_cert_hash()
             host, port = self.cluster.join_endpoint()
+            token = f"{record.token_id}.{secret}"
+            command = join_command(host, port, token, ca_hash)
         except Exception as err:  # any cluster failure: stays Approved, retried
-            message = f"token: {type(err).__name__}: {err}"
-            self.store.set_error(provider_id, message)
-            log.warning("join token not issued", extra={"provider_id": provider_id, "error": message})
+            error = f"token: {type(err).__name__}: {err}"
+            self.store.set_error(provider_id, error)
+            log.warning("join token not issued", extra={"provider_id": provider_id, "error": error})
             return False
-        token = f"{record.token_id}.{secret}"
         if record.last_error:
             self.store.set_error(provider_id, "")
         self.answer(
@@ -243,9 +367,9 @@ class Onboarding:
             RegistrationResponse(
                 success=True,
                 status=Status.APPROVED,
-                message="registration approved",
+                message=message,
                 join_token=token,
-                join_command=join_command(host, port, token, ca_hash),
+                join_command=command,
                 master_ip=host,
                 master_port=port,
                 ca_hash=ca_hash,
@@ -257,14 +381,48 @@ class Onboarding:
         return True
 
     def reject(self, provider_id: str, reason: str) -> None:
+        """An operator rejects a pending provider or revokes an approved one: its join token is
+        deleted (now, or by the next reconcile when Kubernetes cannot be reached) and it stays
+        rejected until an operator approves or resets it."""
         self.fleet.reject(provider_id, reason)
         record = self.store.require(provider_id)
+        if record.token_id:
+            # Recorded for deletion before the record forgets it: a crash in between loses nothing.
+            self.fleet.client.sadd(self.fleet.keys.revoked_tokens, record.token_id)
+            self.store.forget_token(provider_id)
+            self.delete_revoked_tokens()
         self.answer(
             provider_id,
             RegistrationResponse(
                 success=False, status=Status.REJECTED, message=reason, node_name=record.node_name
             ),
         )
+
+    def reset(self, provider_id: str) -> None:
+        """Rejected -> Pending by an operator: the provider's next registration is judged afresh."""
+        record = self.store.require(provider_id)
+        if record.status is not Status.REJECTED:
+            raise TransitionError(
+                provider_id, record.status, Status.PENDING, "only a rejected provider is reset"
+            )
+        self.store.transition(
+            provider_id, Status.PENDING, reason="reset by an operator", expected=Status.REJECTED
+        )
+        self.answer_state(self.store.require(provider_id), "reset by an operator; register again")
+
+    def delete_revoked_tokens(self) -> list[str]:
+        """Delete the join tokens of revoked providers; returns the errors (ids stay queued on error)."""
+        errors: list[str] = []
+        if self.cluster is None:
+            return errors
+        for token_id in sorted(self.fleet.client.smembers(self.fleet.keys.revoked_tokens)):
+            try:
+                self.cluster.delete_bootstrap_token(token_id)
+            except Exception as err:  # the API is down: the next reconcile tries again
+                errors.append(f"revoke token {token_id}: {type(err).__name__}: {err}")
+                break
+            self.fleet.client.srem(self.fleet.keys.revoked_tokens, token_id)
+        return errors
 
     # -- capacity updates -------------------------------------------------------------------------
 
@@ -292,6 +450,7 @@ class Onboarding:
         report = ReconcileReport()
         if self.cluster is None:
             return report
+        report.errors += self.delete_revoked_tokens()
         for record in self.store.list([Status.APPROVED]):
             needs_token = not record.token_id or record.last_error
             if needs_token and self.send_join_token(record.provider_id):

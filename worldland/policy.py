@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from worldland.models import MAX_GPUS, MAX_PRICE_PER_HOUR, RegistrationRequest
-from worldland.names import canonical_gpu_model
+from worldland.names import UnknownGpuModel, canonical_gpu_model
 
 
 class ApprovalMode(StrEnum):
@@ -43,7 +43,10 @@ class ApprovalPolicy(BaseModel):
     @field_validator("allowed_gpu_models")
     @classmethod
     def _canonical(cls, models: list[str]) -> list[str]:
-        return sorted({canonical_gpu_model(m) for m in models})
+        try:
+            return sorted({canonical_gpu_model(m) for m in models})
+        except UnknownGpuModel as exc:
+            raise ValueError(f"{exc}; list GPU models such as RTX-4090") from None
 
     @classmethod
     def load(cls, path: str | Path) -> ApprovalPolicy:
@@ -79,13 +82,38 @@ class ApprovalPolicy(BaseModel):
                     f"accepted: {', '.join(self.allowed_gpu_models)}"
                 )
         if self.max_gpu_price_per_hour is not None:
-            prices = dict(request.capacity.prices_by_model())
-            if request.capacity.gpu_price_per_hour is not None:
-                prices.setdefault("*", request.capacity.gpu_price_per_hour)
-            for model, price in sorted(prices.items()):
+            for model, price in sorted(_prices(request).items()):
                 if price > self.max_gpu_price_per_hour:
                     what = "gpu_price_per_hour" if model == "*" else f"gpu_prices_per_hour[{model}]"
                     reasons.append(
                         f"capacity.{what}: {price} exceeds the policy maximum {self.max_gpu_price_per_hour}"
                     )
         return reasons
+
+    def changes_needing_approval(self, approved: RegistrationRequest, new: RegistrationRequest) -> list[str]:
+        """What a re-registration of an approved provider adds that an operator has not approved.
+
+        Under a manual policy, offering more than was approved needs a new approval: a GPU model not
+        approved, more GPUs of a model, or a higher price per GPU hour. Offering less, and any change
+        under an automatic policy (which the refusals above already checked), applies at once.
+        """
+        if self.mode is ApprovalMode.AUTO:
+            return []
+        reasons = []
+        before, after = approved.offered_gpus(), new.offered_gpus()
+        for model, count in sorted(after.items()):
+            if count > before.get(model, 0):
+                reasons.append(f"offers {count} {model} GPU(s); {before.get(model, 0)} approved")
+        old_prices, new_prices = _prices(approved), _prices(new)
+        for model, price in sorted(new_prices.items()):
+            if model in old_prices and price > old_prices[model]:
+                reasons.append(f"price {price}/h for {model}; {old_prices[model]}/h approved")
+        return reasons
+
+
+def _prices(request: RegistrationRequest) -> dict[str, float]:
+    """Per-GPU-hour prices by canonical model ("*" for the one price of the seed's shape)."""
+    prices = dict(request.capacity.prices_by_model())
+    if request.capacity.gpu_price_per_hour is not None:
+        prices.setdefault("*", request.capacity.gpu_price_per_hour)
+    return prices

@@ -17,9 +17,10 @@ from typing import Any
 
 import redis
 
+from worldland.capacity import LUA_LEDGER_FUNCTIONS, CapacityError, ledger_args
 from worldland.keys import Keys
 from worldland.lifecycle import LIVE_STATES, TRANSITIONS, Status, TransitionError
-from worldland.models import RegistrationRequest
+from worldland.models import ALLOW_PRIVATE_IPS, RegistrationRequest
 from worldland.names import node_name as make_node_name
 
 Clock = Callable[[], float]
@@ -86,6 +87,7 @@ local function transition(provider_key, provider_id, first_index, current, targe
   local previous = redis.call('HGET', provider_key, 'previous_status') or ''
   if not ALLOWED[current][target] then return {{'illegal', current, previous}} end
   if current == 'offline' and target ~= previous then return {{'illegal_recovery', current, previous}} end
+  if current == 'rejected' then redis.call('HDEL', provider_key, 'rejected_by') end
   if target == 'offline' then
     redis.call('HSET', provider_key, 'previous_status', current)
   elseif current == 'offline' then
@@ -116,34 +118,63 @@ return transition(KEYS[1], ARGV[1], 2, current, ARGV[2], ARGV[3], ARGV[4])
 """
 )
 
-# KEYS: provider, node claim, pending index.
-# ARGV: id, wallet, node name, now, then field/value pairs describing the registration.
-_UPSERT_SCRIPT = """
+# A registration: every check first (wallet, node name, capacity ledger), then the record and the
+# ledger written together, so a refused registration writes nothing.
+# KEYS: provider, node claim, pending index, capacity ledger.
+# ARGV: id, wallet, node name, now, n, then n field/value pairs describing the registration, then
+# the ledger arguments (capacity.ledger_args). Returns {outcome, status, detail}.
+_REGISTER_SCRIPT = (
+    LUA_LEDGER_FUNCTIONS
+    + """
+local n = tonumber(ARGV[5])
+local last_field = 5 + 2 * n
 local status = redis.call('HGET', KEYS[1], 'status')
 if status then
   if string.lower(redis.call('HGET', KEYS[1], 'wallet_addr')) ~= string.lower(ARGV[2]) then
     return {'wallet_mismatch', status, ''}
   end
-  for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-  redis.call('HSET', KEYS[1], 'updated_at', ARGV[4])
-  return {'updated', status, redis.call('HGET', KEYS[1], 'node_name')}
+else
+  local owner = redis.call('GET', KEYS[2])
+  if owner and owner ~= ARGV[1] then return {'node_taken', '', ''} end
 end
-local owner = redis.call('GET', KEYS[2])
-if owner and owner ~= ARGV[1] then return {'node_taken', '', ''} end
-redis.call('SET', KEYS[2], ARGV[1])
-redis.call('HSET', KEYS[1], 'provider_id', ARGV[1], 'wallet_addr', ARGV[2], 'node_name', ARGV[3],
-  'status', 'pending', 'created_at', ARGV[4], 'updated_at', ARGV[4], 'status_changed_at', ARGV[4])
-for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-redis.call('SADD', KEYS[3], ARGV[1])
+local plan = ledger_plan(KEYS[4], ARGV, last_field + 1)
+if #plan.errors > 0 then
+  return {'capacity', status or '', 'provider ' .. ARGV[1] .. ': ' .. table.concat(plan.errors, '; ')}
+end
+if not status then
+  redis.call('SET', KEYS[2], ARGV[1])
+  redis.call('HSET', KEYS[1], 'provider_id', ARGV[1], 'wallet_addr', ARGV[2], 'node_name', ARGV[3],
+    'status', 'pending', 'created_at', ARGV[4], 'status_changed_at', ARGV[4])
+  redis.call('SADD', KEYS[3], ARGV[1])
+end
+for i = 6, last_field, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('HSET', KEYS[1], 'updated_at', ARGV[4])
+ledger_apply(plan)
+if status then return {'updated', status, ''} end
 return {'created', 'pending', ARGV[3]}
 """
-
+)
 
 _SET_IF_EXISTS_SCRIPT = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV))
 return 1
 """
+
+
+OPERATOR = "operator"  # ProviderRecord.rejected_by when an operator rejected
+
+
+def same_wallet(a: str, b: str) -> bool:
+    """Wallet addresses compare without case (EIP-55 mixed case is only a checksum)."""
+    return a.lower() == b.lower()
+
+
+def approved_registration(record: ProviderRecord) -> RegistrationRequest:
+    """The registration a provider was approved with, as stored."""
+    return RegistrationRequest.model_validate_json(
+        record.registration_json, context={ALLOW_PRIVATE_IPS: True}
+    )
 
 
 def _flatten(fields: dict[str, str]) -> list[str]:
@@ -181,6 +212,11 @@ class ProviderRecord:
     # The join token's public id and expiry; the secret lives only in the cluster's Secret.
     token_id: str = ""
     token_expires_at: float | None = None
+    # "operator" when an operator rejected (or revoked) the provider: it then stays rejected until an
+    # operator acts; a provider the policy rejected may register again, corrected.
+    rejected_by: str = ""
+    # A registration change that waits for an operator's approval (JSON), "" when none does.
+    pending_registration: str = ""
 
     @classmethod
     def from_hash(cls, data: dict[str, str]) -> ProviderRecord:
@@ -203,6 +239,8 @@ class ProviderRecord:
             last_error=data.get("last_error", ""),
             token_id=data.get("token_id", ""),
             token_expires_at=_float(data.get("token_expires_at")),
+            rejected_by=data.get("rejected_by", ""),
+            pending_registration=data.get("pending_registration", ""),
         )
 
     @property
@@ -231,6 +269,8 @@ class ProviderRecord:
             "status_reason": self.status_reason or None,
             "last_error": self.last_error or None,
             "token_expires_at": iso_time(self.token_expires_at),
+            "rejected_by": self.rejected_by or None,
+            "change_awaiting_approval": bool(self.pending_registration),
         }
         if include_spec:
             data["spec"] = self.spec
@@ -258,7 +298,7 @@ class ProviderStore:
         self.client = client
         self.keys = keys or Keys()
         self.clock = clock
-        self._upsert = client.register_script(_UPSERT_SCRIPT)
+        self._register = client.register_script(_REGISTER_SCRIPT)
         self._transition = client.register_script(_TRANSITION_SCRIPT)
         self._set_if_exists = client.register_script(_SET_IF_EXISTS_SCRIPT)
 
@@ -272,18 +312,22 @@ class ProviderStore:
     # -- writes -----------------------------------------------------------------------------------
 
     def upsert_registration(self, request: RegistrationRequest) -> UpsertResult:
-        """Create the provider (Pending) or update its registration details; idempotent by provider_id.
+        """Create the provider (Pending) or update its registration details, and set its capacity
+        ledger to what it offers: all checks first, then both writes in one script, or nothing.
 
-        The status is never changed here; a provider id stays bound to its first wallet.
+        Idempotent by provider_id; the status is never changed here; a provider id stays bound to its
+        first wallet (``WalletMismatch``); a ledger below what jobs hold raises ``CapacityError``.
         """
         pid = request.provider_id
+        totals = request.ledger_totals()
         fields = {
             "hostname": request.spec.hostname,
             "public_ip": request.spec.public_ip,
             "gpu_models": json.dumps(sorted(request.spec.gpu_counts())),
             "registration": request.model_dump_json(exclude_none=True),
+            "pending_registration": "",  # a registration accepted now supersedes a waiting change
         }
-        flat = _flatten(fields)
+        tail = [len(fields), *_flatten(fields), *ledger_args(*totals)]
         now = repr(self.clock())
         for attempt in range(NODE_NAME_ATTEMPTS):
             candidate = make_node_name(request.spec.hostname, pid, attempt)
@@ -291,12 +335,15 @@ class ProviderStore:
                 self.keys.provider(pid),
                 self.keys.node_claim(candidate),
                 self.keys.status_index(Status.PENDING),
+                self.keys.capacity(pid),
             ]
-            outcome, _status, _node = self._run(
-                self._upsert, keys, [pid, request.wallet_addr, candidate, now, *flat]
+            outcome, _status, detail = self._run(
+                self._register, keys, [pid, request.wallet_addr, candidate, now, *tail]
             )
             if outcome == "wallet_mismatch":
                 raise WalletMismatch(pid)
+            if outcome == "capacity":
+                raise CapacityError(detail)
             if outcome in ("created", "updated"):
                 return UpsertResult(self.require(pid), created=outcome == "created")
         raise StoreError(f"provider {pid!r}: no free node name after {NODE_NAME_ATTEMPTS} attempts")
@@ -345,6 +392,17 @@ class ProviderStore:
     def record_token(self, provider_id: str, token_id: str, expires_at: float) -> None:
         """Remember which join token a provider was given (its id and expiry, never its secret)."""
         self._set_fields(provider_id, {"token_id": token_id, "token_expires_at": repr(expires_at)})
+
+    def forget_token(self, provider_id: str) -> None:
+        """The provider holds no join token any more (it was revoked)."""
+        self._set_fields(provider_id, {"token_id": "", "token_expires_at": ""})
+
+    def mark_rejected_by_operator(self, provider_id: str) -> None:
+        self._set_fields(provider_id, {"rejected_by": OPERATOR})
+
+    def hold_change(self, provider_id: str, request: RegistrationRequest) -> None:
+        """Keep a registration change until an operator approves it; record and ledger stay as approved."""
+        self._set_fields(provider_id, {"pending_registration": request.model_dump_json(exclude_none=True)})
 
     def set_error(self, provider_id: str, message: str) -> None:
         """Record (or with ``""`` clear) the last operational error on the provider, e.g. token issuing."""

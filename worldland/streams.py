@@ -20,6 +20,8 @@ from worldland.models import PROVIDER_ID_RE
 
 DEFAULT_GROUP = "orchestrator-group"
 AGENT_RESPONSE_GROUP = "agent-group"  # the deployed agent reads its answers with this group
+SDK_RESPONSE_GROUP = "sdk-group"  # the Go SDK (internal/sdk) reads them with this one
+AGENT_RESPONSE_GROUPS = (AGENT_RESPONSE_GROUP, SDK_RESPONSE_GROUP)
 DEAD_LETTER_MAXLEN = 10_000
 DEAD_LETTER_DATA_CHARS = 65536
 RESPONSE_MAXLEN = 100
@@ -210,15 +212,27 @@ class StreamConsumer:
         target.xadd(self.names.dead_letter(entry.stream), fields, maxlen=DEAD_LETTER_MAXLEN, approximate=True)
 
 
-def send_response(client: redis.Redis, names: StreamNames, provider_id: str, payload: str) -> None:
-    """Answer a provider on ``provider:response:<id>`` the way the deployed agent reads it.
+def send_response(
+    client: redis.Redis,
+    names: StreamNames,
+    provider_id: str,
+    payload: str,
+    groups: Iterable[str] = AGENT_RESPONSE_GROUPS,
+) -> None:
+    """Answer a provider on ``provider:response:<id>`` the way the deployed agent and SDK read it.
 
-    The agent creates its group at ``$`` only after publishing, so a fast answer would be missed:
-    the group is created at ``0`` before the answer is written (an existing group is kept).
+    They create their groups at ``$`` only after publishing, so a fast answer would be missed: the
+    groups are created at ``0`` before the answer is written (an existing group is kept). A restarted
+    agent reads its oldest unread answer first, so each group is moved past the older answers
+    (``XGROUP SETID $``) in the same transaction that adds this one: the newest answer is read next.
     """
     stream = names.response(provider_id)
-    ensure_group(client, stream, AGENT_RESPONSE_GROUP, "0")
-    pipe = client.pipeline(transaction=False)
+    groups = tuple(groups)
+    for group in groups:
+        ensure_group(client, stream, group, "0")
+    pipe = client.pipeline(transaction=True)
+    for group in groups:
+        pipe.xgroup_setid(stream, group, "$")
     pipe.xadd(stream, {"data": payload, "timestamp": rfc3339_now()}, maxlen=RESPONSE_MAXLEN, approximate=True)
     pipe.expire(stream, RESPONSE_TTL_S)
     pipe.execute()

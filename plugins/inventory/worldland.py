@@ -200,11 +200,15 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
 
     def _fetch(self, url: str, prefix: str, statuses: list[Status]) -> list[InventoryHost]:
         try:
+            keys = Keys(prefix)
+        except ValueError as exc:
+            raise AnsibleParserError(f"worldland inventory: {exc}") from None
+        try:
             client = connect(url, timeout=float(self.get_option("timeout")))
         except (ValueError, redis.RedisError) as exc:
             raise AnsibleParserError(f"worldland inventory: bad redis_url {redacted(url)}: {exc}") from None
         try:
-            return inventory_hosts(Fleet.open(client, Keys(prefix)), statuses, on_invalid=self._skip)
+            return inventory_hosts(Fleet.open(client, keys), statuses, on_invalid=self._skip)
         except (redis.RedisError, OSError) as exc:
             raise AnsibleParserError(
                 f"worldland inventory: cannot read the providers from Redis at {redacted(url)}: {exc}"
