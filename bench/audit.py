@@ -26,14 +26,14 @@ import time
 import redis
 
 from bench.servers import private_servers
-from worldland.audit import Audit, AuditSettings
-from worldland.fleet import Fleet
-from worldland.keys import Keys
+from worldland.control.audit import Audit, AuditSettings
+from worldland.control.onboarding import Onboarding
+from worldland.domain.lifecycle import Status
+from worldland.domain.policy import ApprovalPolicy
 from worldland.kube import KubeClient
-from worldland.lifecycle import Status
-from worldland.onboarding import Onboarding
-from worldland.policy import ApprovalPolicy
-from worldland.streams import StreamNames
+from worldland.protocol.streams import StreamNames
+from worldland.state.fleet import Fleet
+from worldland.state.keys import Keys
 
 BEAT = json.dumps({"status": "available", "gpu_usage": [12.5] * 8, "cpu_usage": 7.25, "active_jobs": 1})
 CHUNK = 5000

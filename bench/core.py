@@ -19,16 +19,17 @@ from typing import Any
 
 import redis
 
-from tests.factories import heartbeat_dict, registration_dict
-from tests.redis_server import RedisServer
-from worldland.capacity import Allocation, CapacityLedger, JobRequest
-from worldland.config import connect
-from worldland.fleet import Fleet
-from worldland.heartbeats import RECORD_BATCH, HeartbeatIndex
-from worldland.keys import Keys
-from worldland.lifecycle import Status
-from worldland.models import Heartbeat, parse_registration
-from worldland.store import ProviderStore
+from testkit.factories import heartbeat_dict, registration_dict
+from testkit.redis_server import RedisServer
+from worldland.domain.lifecycle import Status
+from worldland.domain.registration import parse_registration
+from worldland.protocol.messages import Heartbeat
+from worldland.state.connection import connect
+from worldland.state.fleet import Fleet
+from worldland.state.heartbeats import RECORD_BATCH, HeartbeatIndex
+from worldland.state.keys import Keys
+from worldland.state.ledger import Allocation, CapacityLedger, JobRequest
+from worldland.state.providers import ProviderStore
 
 AGENT_REGISTRATION = registration_dict("bench", gpu_name="NVIDIA A100-SXM4-80GB", gpus=8)
 
@@ -157,7 +158,7 @@ def bench_listing(url: str, keys: Keys, count: int) -> dict:
     store = ProviderStore(client, keys)
     fleet = Fleet.open(client, keys)
     t_list, records = timed(lambda: store.list([Status.AVAILABLE]))
-    t_describe, described = timed(lambda: fleet.describe([Status.AVAILABLE]))
+    t_describe, described = timed(lambda: fleet.provider_views([Status.AVAILABLE]))
     assert len(records) == len(described) == count
     return {"providers": count, "store_list_s": t_list, "fleet_describe_s": t_describe}
 

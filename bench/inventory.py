@@ -33,13 +33,13 @@ import ansible
 import redis
 import yaml
 
-from tests.redis_server import RedisServer
-from worldland.config import connect
-from worldland.fleet import Fleet
-from worldland.inventory import DEFAULT_STATUSES, inventory_hosts, status_group
-from worldland.keys import Keys
-from worldland.lifecycle import Status
-from worldland.models import parse_registration
+from testkit.redis_server import RedisServer
+from worldland.control.inventory import DEFAULT_STATUSES, inventory_hosts, status_group
+from worldland.domain.lifecycle import Status
+from worldland.domain.registration import parse_registration
+from worldland.state.connection import connect
+from worldland.state.fleet import Fleet
+from worldland.state.keys import Keys
 
 REPO = Path(__file__).resolve().parent.parent
 AGENT_REGISTRATION = json.loads((REPO / "tests/data/protocol/registration.agent.json").read_text())

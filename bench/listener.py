@@ -19,18 +19,18 @@ import uuid
 import redis
 
 from bench.servers import private_servers
-from tests.factories import heartbeat_dict, registration_dict
-from tests.kube_server.server import KubeApiServer
-from worldland.fleet import Fleet
-from worldland.heartbeats import RECORD_BATCH
-from worldland.keys import Keys
+from testkit.factories import heartbeat_dict, registration_dict
+from testkit.kube_server.server import KubeApiServer
+from worldland.control.listener import Listener, ListenerSettings
+from worldland.control.onboarding import Onboarding
+from worldland.domain.lifecycle import Status
+from worldland.domain.policy import ApprovalMode, ApprovalPolicy
 from worldland.kube import KubeClient
-from worldland.lifecycle import Status
-from worldland.listener import Listener, ListenerSettings
-from worldland.models import Heartbeat
-from worldland.onboarding import Onboarding
-from worldland.policy import ApprovalMode, ApprovalPolicy
-from worldland.streams import StreamNames
+from worldland.protocol.messages import Heartbeat
+from worldland.protocol.streams import StreamNames
+from worldland.state.fleet import Fleet
+from worldland.state.heartbeats import RECORD_BATCH
+from worldland.state.keys import Keys
 
 
 def listener_for(

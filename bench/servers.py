@@ -10,10 +10,10 @@ from pathlib import Path
 
 import redis
 
-from tests.kube_server.server import KubeApiServer
-from tests.redis_server import RedisServer
-from worldland.config import connect
+from testkit.kube_server.server import KubeApiServer
+from testkit.redis_server import RedisServer
 from worldland.kube import KubeClient
+from worldland.state.connection import connect
 
 
 @dataclass

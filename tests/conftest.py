@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.kube_server.fixtures import kube_api, kube_server  # noqa: F401 (fixtures)
-from tests.redis_server import RedisServer
-from worldland.keys import Keys
+from testkit.kube_server.fixtures import kube_api, kube_server  # noqa: F401 (fixtures)
+from testkit.redis_server import RedisServer
+from worldland.state.keys import Keys
 
 # The SSH lab's fixtures (lab, lab_pool, lab_gateway): tests/lab/fixtures.py
 pytest_plugins = ["tests.lab.fixtures"]

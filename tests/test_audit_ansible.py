@@ -16,11 +16,12 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.test_audit import WORLDLAND, beat, provider, status
-from worldland.config import connect
-from worldland.fleet import Fleet
-from worldland.keys import Keys
-from worldland.lifecycle import Status
+from testkit.commands import WORLDLAND
+from testkit.fleet import beat, provider, status
+from worldland.domain.lifecycle import Status
+from worldland.state.connection import connect
+from worldland.state.fleet import Fleet
+from worldland.state.keys import Keys
 
 REPO = Path(__file__).resolve().parent.parent
 CRONTAB_STANDIN = """#!/bin/sh

@@ -21,7 +21,10 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from worldland.capacity import (
+from worldland.domain.lifecycle import Status
+from worldland.domain.names import canonical_gpu_model
+from worldland.state.keys import Keys
+from worldland.state.ledger import (
     Allocation,
     Capacity,
     CapacityError,
@@ -30,9 +33,6 @@ from worldland.capacity import (
     JobRequest,
     PoolCapacity,
 )
-from worldland.keys import Keys
-from worldland.lifecycle import Status
-from worldland.names import canonical_gpu_model
 
 P = "p1"
 GPU = "RTX-4090"
@@ -747,3 +747,10 @@ def test_set_totals_starts_with_the_declared_mining_and_never_takes_gpus_jobs_ho
     assert capacity.gpus["RTX-4090"].mining == 1
     with pytest.raises(CapacityError, match="mining"):
         ledger.set_totals("m", {"RTX-4090": 4}, 16, 65536, mining={"RTX-4090": 5})
+
+
+@pytest.mark.parametrize("job_id", ["job-1\n", "job 1", "", "x" * 129, "job/1"])
+def test_a_job_id_outside_the_one_id_pattern_is_refused(ledger: CapacityLedger, provider: str, job_id: str):
+    # Before: capacity.py matched with "$", which lets "job-1\n" through; the id pattern now ends in \Z.
+    with pytest.raises(CapacityError, match="job_id"):
+        ledger.allocate(job_id, provider, "RTX-4090", 1, 1, 1)

@@ -9,13 +9,15 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from tests.factories import heartbeat_dict, registration, registration_dict
-from worldland.cli import main, one_line, plain, redacted
-from worldland.config import connect
-from worldland.fleet import Fleet
-from worldland.keys import Keys
-from worldland.lifecycle import Status
-from worldland.models import parse_heartbeat, parse_registration
+from testkit.factories import heartbeat_dict, registration, registration_dict
+from worldland.cli.common import one_line, plain
+from worldland.cli.main import main
+from worldland.domain.lifecycle import Status
+from worldland.domain.registration import parse_registration
+from worldland.protocol.messages import parse_heartbeat
+from worldland.state.connection import connect, redacted
+from worldland.state.fleet import Fleet
+from worldland.state.keys import Keys
 
 WORLDLAND = Path(sys.executable).parent / "worldland"
 
@@ -407,3 +409,9 @@ def test_bad_redis_url_is_one_line(url: str, expected: str):
     result = CliRunner().invoke(main, ["--redis-url", url, "status"])
     assert result.exit_code == 1
     assert result.output.strip() == expected
+
+
+def test_gpu_model_of_a_name_without_a_model_is_one_line(run):
+    result = run("gpu-model", "NVIDIA GeForce")
+    assert result.exit_code == 1
+    assert "names no GPU model" in result.output and "Traceback" not in result.output

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.redis_server import RedisServer
-from worldland.config import connect, connection_error_message, redacted, redis_error_reason
-from worldland.keys import _FAMILIES, AGENT_STREAM_PREFIX, DEFAULT_PREFIX, Keys
-from worldland.streams import StreamNames
+from testkit.redis_server import RedisServer
+from worldland.protocol.streams import StreamNames
+from worldland.state.connection import connect, connection_error_message, redacted, redis_error_reason
+from worldland.state.keys import _FAMILIES, AGENT_STREAM_PREFIX, DEFAULT_PREFIX, Keys
 
 
 def _closed_port() -> int:

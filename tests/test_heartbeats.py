@@ -5,14 +5,15 @@ import json
 import pytest
 import redis
 
+from testkit.clock import FakeClock
+from testkit.factories import registration
+from testkit.fleet import put_in
 from tests.conftest import load_protocol
-from tests.factories import registration
-from tests.test_store import FakeClock, put_in
-from worldland.heartbeats import HeartbeatIndex
-from worldland.keys import Keys
-from worldland.lifecycle import Status
-from worldland.models import Heartbeat, parse_heartbeat
-from worldland.store import ProviderStore
+from worldland.domain.lifecycle import Status
+from worldland.protocol.messages import Heartbeat, parse_heartbeat
+from worldland.state.heartbeats import HeartbeatIndex
+from worldland.state.keys import Keys
+from worldland.state.providers import ProviderStore
 
 
 @pytest.fixture
@@ -111,7 +112,7 @@ def test_a_beat_brings_an_offline_provider_back_to_its_previous_state(store, ind
 def test_record_many_batches_and_keeps_order(store, index, monkeypatch):
     for i in range(5):
         store.upsert_registration(registration(f"p-{i}"))
-    monkeypatch.setattr("worldland.heartbeats.RECORD_BATCH", 2)
+    monkeypatch.setattr("worldland.state.heartbeats.RECORD_BATCH", 2)
     beats = [beat(f"p-{i}") for i in range(5)] + [beat("ghost")]
     outcomes = index.record_many(beats, now=50.0)
     assert [o.provider_id for o in outcomes] == [b.provider_id for b in beats]

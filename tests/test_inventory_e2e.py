@@ -20,13 +20,14 @@ from typing import Any
 import pytest
 import yaml
 
+from testkit.factories import registration, registration_dict
 from tests.conftest import REPO
-from tests.factories import registration, registration_dict
-from worldland.config import connect
-from worldland.fleet import Fleet
-from worldland.keys import Keys
-from worldland.lifecycle import Status
-from worldland.models import parse_heartbeat, parse_registration
+from worldland.domain.lifecycle import Status
+from worldland.domain.registration import parse_registration
+from worldland.protocol.messages import parse_heartbeat
+from worldland.state.connection import connect
+from worldland.state.fleet import Fleet
+from worldland.state.keys import Keys
 
 BIN = Path(sys.executable).parent
 FQCN = "worldland.provider.worldland"

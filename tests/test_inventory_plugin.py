@@ -30,14 +30,14 @@ from ansible.plugins.loader import init_plugin_loader, inventory_loader
 from ansible.template import Templar, is_trusted_as_template, trust_as_template
 from ansible.utils.display import Display
 
+from testkit.factories import registration
 from tests.conftest import REPO
-from tests.factories import registration
-from worldland import store as store_module
-from worldland.config import connect
-from worldland.fleet import Fleet
-from worldland.keys import Keys
-from worldland.lifecycle import Status
-from worldland.models import parse_heartbeat
+from worldland.domain.lifecycle import Status
+from worldland.protocol.messages import parse_heartbeat
+from worldland.state import providers as store_module
+from worldland.state.connection import connect
+from worldland.state.fleet import Fleet
+from worldland.state.keys import Keys
 
 FQCN = "worldland.provider.worldland"
 CONFIG = "/fake/inventory/worldland.yml"

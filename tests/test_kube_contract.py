@@ -2,7 +2,7 @@
 
 Each test runs against two targets:
 
-- ``test-server``: the local Kubernetes API test server (``tests/kube_server``), always;
+- ``test-server``: the local Kubernetes API test server (``testkit/kube_server``), always;
 - ``real-cluster``: the cluster that ``$WORLDLAND_TEST_KUBECONFIG`` points to, when it is set
   (skipped otherwise). The credentials need to create/delete Nodes and Secrets in kube-system.
   Tests only touch objects with unique names (``wl-contract-...``) and delete them afterwards;
@@ -32,8 +32,9 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
-from tests.kube_server import KubeApiServer
+from testkit.kube_server import KubeApiServer
 from worldland import kube
+from worldland.domain.names import is_label_value, node_labels
 from worldland.kube import (
     GPU_RESOURCE,
     LABEL_GPU_MODEL,
@@ -50,7 +51,6 @@ from worldland.kube import (
     NodeState,
     Taint,
 )
-from worldland.names import is_label_value, node_labels
 
 REAL_CLUSTER_ENV = "WORLDLAND_TEST_KUBECONFIG"
 TOKEN_SHAPE = re.compile(r"^[a-z0-9]{6}\.[a-z0-9]{16}$")
@@ -223,7 +223,7 @@ def test_bootstrap_token_id_collision_is_retried(target: Target, monkeypatch: py
     target.tokens.append(first.token_id)
     fresh = kube._new_token_id_secret()
     ids = iter([(first.token_id, "a" * 16), fresh])
-    monkeypatch.setattr(kube, "_new_token_id_secret", lambda: next(ids))
+    monkeypatch.setattr(kube.tokens, "_new_token_id_secret", lambda: next(ids))
     creates = target.client.writes["create secrets"]
     second = target.client.create_bootstrap_token()
     target.tokens.append(second.token_id)
@@ -432,7 +432,7 @@ def test_list_nodes_by_label_selector(target: Target) -> None:
 
 
 def test_list_nodes_pages(target: Target, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(kube, "LIST_PAGE_SIZE", 2)
+    monkeypatch.setattr(kube.session, "LIST_PAGE_SIZE", 2)
     run = uuid.uuid4().hex[:10]
     made = {target.node({"wl-run": run}) for _ in range(5)}
     lists = target.client.reads["list nodes"]
@@ -442,7 +442,7 @@ def test_list_nodes_pages(target: Target, monkeypatch: pytest.MonkeyPatch) -> No
 
 @pytest.mark.parametrize("threshold", [0, 100])
 def test_node_states_batched(target: Target, monkeypatch: pytest.MonkeyPatch, threshold: int) -> None:
-    monkeypatch.setattr(kube, "NAME_LOOKUP_THRESHOLD", threshold)  # 0: one list; 100: one GET each
+    monkeypatch.setattr(kube.nodes, "NAME_LOOKUP_THRESHOLD", threshold)  # 0: one list; 100: one GET each
     ready = target.node(ready=True, gpus="1")
     plain = target.node()
     missing = f"wl-contract-missing-{uuid.uuid4().hex[:8]}"
@@ -606,7 +606,7 @@ def test_errors_never_carry_a_token(target: Target, monkeypatch: pytest.MonkeyPa
     assert err.value.status == 500 and "HTTP 500" in str(err.value)
     # A failing create: the new token's secret (plain or base64, as in an echoed body) is scrubbed too.
     fresh = kube._new_token_id_secret()
-    monkeypatch.setattr(kube, "_new_token_id_secret", lambda: fresh)
+    monkeypatch.setattr(kube.tokens, "_new_token_id_secret", lambda: fresh)
     encoded = base64.b64encode(fresh[1].encode()).decode()
     server.fail_next(503, f"echo {fresh[0]}.{fresh[1]} / {fresh[1]} / {encoded}", methods={"POST"})
     with pytest.raises(KubeUnavailable) as err:

@@ -26,9 +26,9 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
-from tests.kube_server import KubeApiServer, detached_jws
-from tests.kube_server.fixtures import KubeApi
-from tests.kube_server.validation import SelectorError, parse_selector, selector_matches
+from testkit.kube_server import KubeApiServer, detached_jws
+from testkit.kube_server.fixtures import KubeApi
+from testkit.kube_server.validation import SelectorError, parse_selector, selector_matches
 
 REPO = Path(__file__).resolve().parent.parent
 ADMIN = object()  # "use the admin token"
@@ -745,7 +745,7 @@ def test_command_line_server(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "tests.kube_server",
+            "testkit.kube_server",
             "--kubeconfig",
             str(kubeconfig),
             "--workdir",

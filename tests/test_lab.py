@@ -477,9 +477,9 @@ def test_down_of_a_stale_lab_never_touches_the_lab_now_in_its_slot(lab, tmp_path
 
 
 def test_kubeadm_stand_in_against_the_kubernetes_api_test_server(lab) -> None:
-    """The same join against tests/kube_server (skipped where that server is absent), with the token made
+    """The same join against testkit/kube_server (skipped where that server is absent), with the token made
     by worldland.kube as the listener makes it; the node is then what the project reads as joinable."""
-    server_mod = pytest.importorskip("tests.kube_server.server")
+    server_mod = pytest.importorskip("testkit.kube_server.server")
     kube = pytest.importorskip("worldland.kube")
     gateway = lab(n=0).gateway
     with server_mod.KubeApiServer(extra_ips=[gateway]) as server:

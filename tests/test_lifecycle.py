@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from worldland.lifecycle import LIVE_STATES, TRANSITIONS, Status, TransitionError, check_transition
+from worldland.domain.lifecycle import LIVE_STATES, TRANSITIONS, Status, TransitionError, check_transition
 
 S = Status
 # The table from DESIGN.md ("Provider lifecycle"), written out independently of TRANSITIONS.

@@ -8,52 +8,24 @@ import uuid
 import pytest
 import redis
 
+from testkit.agent import Agent
+from testkit.factories import registration, registration_dict
+from testkit.fleet import put_in
+from testkit.listener import drain, make_listener
+from testkit.nodes import create_node, set_node_status
 from tests.conftest import load_go_agent, load_protocol
-from tests.factories import registration, registration_dict
-from tests.test_store import put_in
-from worldland.capacity import CapacityError
-from worldland.config import connect
-from worldland.fleet import Fleet
-from worldland.keys import Keys
-from worldland.lifecycle import Status
-from worldland.listener import Listener, ListenerSettings
-from worldland.onboarding import Onboarding, join_command
-from worldland.policy import ApprovalMode, ApprovalPolicy
-from worldland.streams import AGENT_RESPONSE_GROUP, StreamNames
+from worldland.control.listener import Listener, ListenerSettings
+from worldland.control.onboarding import Onboarding
+from worldland.domain.join import join_command
+from worldland.domain.lifecycle import Status
+from worldland.domain.policy import ApprovalMode, ApprovalPolicy
+from worldland.protocol.streams import AGENT_RESPONSE_GROUP, StreamNames
+from worldland.state.connection import connect
+from worldland.state.fleet import Fleet
+from worldland.state.keys import Keys
+from worldland.state.ledger import CapacityError
 
 AGENT_ID = "0x3f5CE5FBFe3E9af3971dD833D26bA9b5C936f0bE"
-
-
-class Agent:
-    """Talks to Redis exactly as the deployed Go agent does (fields, groups, ids)."""
-
-    def __init__(self, client: redis.Redis, names: StreamNames) -> None:
-        self.client = client
-        self.names = names
-
-    def publish(self, stream: str, data: str) -> str:
-        return self.client.xadd(stream, {"data": data, "timestamp": "2026-11-26T09:15:02.123456789Z"})
-
-    def register(self, message: dict | str) -> str:
-        data = message if isinstance(message, str) else json.dumps(message)
-        return self.publish(self.names.registration, data)
-
-    def await_answer(self, provider_id: str, block_ms: int = 100) -> dict | None:
-        """The agent creates its group at "$" after publishing, then reads ">"."""
-        stream = self.names.response(provider_id)
-        try:
-            self.client.xgroup_create(stream, AGENT_RESPONSE_GROUP, id="$", mkstream=True)
-        except redis.ResponseError as exc:
-            assert "BUSYGROUP" in str(exc)
-        reply = self.client.xreadgroup(
-            AGENT_RESPONSE_GROUP, "agent-1", {stream: ">"}, count=1, block=block_ms
-        )
-        if not reply:
-            return None
-        _stream, [(entry_id, fields)] = reply[0]
-        self.client.xack(stream, AGENT_RESPONSE_GROUP, entry_id)
-        assert set(fields) == {"data", "timestamp"}
-        return json.loads(fields["data"])
 
 
 @pytest.fixture
@@ -74,21 +46,6 @@ def fleet(client: redis.Redis, keys: Keys) -> Fleet:
 @pytest.fixture
 def agent(client: redis.Redis, names: StreamNames) -> Agent:
     return Agent(client, names)
-
-
-def make_listener(
-    fleet: Fleet, names: StreamNames, policy: ApprovalPolicy, cluster=None, **settings
-) -> Listener:
-    onboarding = Onboarding(fleet=fleet, streams=names, policy=policy, cluster=cluster)
-    defaults = {"block_ms": 50, "consumer": "test-consumer", "reconcile_every_s": 3600}
-    return Listener(onboarding, ListenerSettings(**{**defaults, **settings}))
-
-
-def drain(listener: Listener, rounds: int = 20) -> None:
-    """Run until nothing new arrives (bounded)."""
-    for _ in range(rounds):
-        if listener.run_once() == 0:
-            return
 
 
 def test_manual_policy_answers_pending_exactly_as_the_agent_reads_it(fleet, names, agent):
@@ -271,24 +228,6 @@ def cluster(kube_api):
     return KubeClient.from_kubeconfig(kube_api.kubeconfig)
 
 
-def create_node(kube_api, name: str, ready: bool = False, gpus: int = 0) -> None:
-    import kubernetes
-
-    api = kubernetes.client.CoreV1Api(kubernetes.config.new_client_from_config(str(kube_api.kubeconfig)))
-    api.create_node({"metadata": {"name": name}})
-    set_node_status(kube_api, name, ready, gpus)
-
-
-def set_node_status(kube_api, name: str, ready: bool, gpus: int) -> None:
-    def change(node: dict) -> None:
-        node["status"] = {
-            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
-            "allocatable": {"nvidia.com/gpu": str(gpus), "cpu": "32"},
-        }
-
-    kube_api.server.mutate("nodes", name, change)
-
-
 def test_auto_approval_answers_with_a_short_lived_join_token(fleet, names, agent, cluster, kube_api, caplog):
     caplog.set_level("DEBUG", logger="worldland")
     listener = make_listener(fleet, names, ApprovalPolicy(mode=ApprovalMode.AUTO), cluster)
@@ -316,7 +255,7 @@ def test_auto_approval_answers_with_a_short_lived_join_token(fleet, names, agent
     assert 15 * 60 - 5 <= lifetime <= 60 * 60
     # Never in a log line, the record, or the inventory-facing description.
     assert secret not in caplog.text and token not in caplog.text
-    assert secret not in json.dumps(fleet.describe_one(AGENT_ID))
+    assert secret not in json.dumps(fleet.provider_view(AGENT_ID))
 
 
 def test_reregistration_of_approved_resends_the_token_until_it_nears_expiry(fleet, names, agent, cluster):

@@ -16,14 +16,14 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.factories import registration, registration_dict
-from tests.redis_server import RedisServer, _free_port
-from worldland.config import connect
-from worldland.fleet import Fleet
-from worldland.keys import Keys
+from testkit.factories import registration, registration_dict
+from testkit.redis_server import RedisServer, free_port
+from worldland.domain.lifecycle import Status
 from worldland.kube import KubeClient
-from worldland.lifecycle import Status
-from worldland.streams import DEFAULT_GROUP, StreamNames
+from worldland.protocol.streams import DEFAULT_GROUP, StreamNames
+from worldland.state.connection import connect
+from worldland.state.fleet import Fleet
+from worldland.state.keys import Keys
 
 WORLDLAND = Path(sys.executable).parent / "worldland"
 
@@ -217,7 +217,7 @@ def test_redis_restart_while_heartbeats_flow(keys, names, tmp_path, processes):
 
 
 def test_sigterm_finishes_and_exits_zero_and_metrics_are_served(redis_url, keys, names, tmp_path, processes):
-    port = _free_port()
+    port = free_port()
     listener = ListenerProcess(redis_url, keys, names, tmp_path, "--metrics-port", str(port)).start()
     processes.append(listener)
     client = connect(redis_url)

@@ -13,8 +13,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import PROTOCOL, SHARED_PROTOCOL, load_go_agent, load_protocol
-from worldland.lifecycle import Status
-from worldland.models import (
+from worldland.domain.lifecycle import Status
+from worldland.domain.names import canonical_gpu_model
+from worldland.domain.registration import gpu_counts, gpu_prices, parse_registration
+from worldland.protocol.messages import (
     MAX_MESSAGE_BYTES,
     MessageError,
     RegistrationRequest,
@@ -22,7 +24,6 @@ from worldland.models import (
     eip55_checksum,
     parse_capacity_update,
     parse_heartbeat,
-    parse_registration,
 )
 
 AGENT_WALLET = "0x3f5CE5FBFe3E9af3971dD833D26bA9b5C936f0bE"
@@ -95,14 +96,14 @@ def test_agent_registration_example_parses() -> None:
     assert (spec.cpu_cores, spec.cpu_threads, spec.total_memory_mb, spec.total_gpus) == (32, 64, 257698, 2)
     assert [g.memory_mb for g in spec.gpus] == [81920, 81920]
     assert [g.index for g in spec.gpus] == [0, 1]
-    assert spec.gpu_counts() == {"A100-SXM4-80GB": 2}
+    assert gpu_counts(spec) == {"A100-SXM4-80GB": 2}
     assert request.offered_gpus() == {"A100-SXM4-80GB": 2}
-    assert request.offered_cpu_cores() == 25
-    assert request.offered_memory_mb() == 206158
-    assert request.capacity.prices_by_model() == {"A100-SXM4-80GB": 1.2}
+    assert request.totals.cpu_cores == 25
+    assert request.totals.memory_mb == 206158
+    assert request.gpu_prices() == {"A100-SXM4-80GB": 1.2, "*": 0.0}  # "*": the seed-style one price
     assert request.capacity.gpu_price_per_hour == 0
-    assert request.agent_version == "1.0.0"
-    assert request.timestamp is not None and request.timestamp.year == 2026
+    assert request.request.agent_version == "1.0.0"
+    assert request.request.timestamp is not None and request.request.timestamp.year == 2026
 
 
 def test_agent_registration_example_parses_from_bytes() -> None:
@@ -122,11 +123,11 @@ def test_seed_example_parses_once_the_placeholder_is_replaced() -> None:
     assert spec.total_gpus == 4
     assert len(spec.gpus) == 1  # one entry standing for all four
     assert spec.gpus[0].memory_mb == 24576  # the seed's "memory" is the agent's "memory_mb"
-    assert spec.gpus[0].model == "RTX-4090"
-    assert spec.gpu_counts() == {"RTX-4090": 4}
+    assert canonical_gpu_model(spec.gpus[0].name) == "RTX-4090"
+    assert gpu_counts(spec) == {"RTX-4090": 4}
     assert request.offered_gpus() == {"RTX-4090": 4}
-    assert request.offered_cpu_cores() == 32
-    assert request.offered_memory_mb() == 131072
+    assert request.totals.cpu_cores == 32
+    assert request.totals.memory_mb == 131072
     assert request.capacity.gpu_price_per_hour == 0.5
     assert spec.available_disk_gb == 500
 
@@ -164,7 +165,7 @@ def test_capacity_update_accepts_nested_and_flat_shapes() -> None:
         dumps({"provider_id": "p-1", "capacity": {"gpu_prices_per_hour": {"NVIDIA H100": 2}}})
     )
     flat = parse_capacity_update(dumps({"provider_id": "p-1", "gpu_prices_per_hour": {"NVIDIA H100": 2}}))
-    assert nested.capacity.prices_by_model() == flat.capacity.prices_by_model() == {"H100": 2.0}
+    assert gpu_prices(nested.capacity) == gpu_prices(flat.capacity) == {"H100": 2.0}
     refused(parse_capacity_update, dumps({"capacity": {}}), "provider_id", "required")
 
 
@@ -461,7 +462,7 @@ def gpus_doc(total: int | None, entries: int) -> dict[str, Any]:
 )
 def test_gpus_one_per_device_or_one_for_all(total: int | None, entries: int, counts: dict[str, int]) -> None:
     spec = parse_registration(dumps(gpus_doc(total, entries))).spec
-    assert spec.gpu_counts() == counts
+    assert gpu_counts(spec) == counts
     assert spec.total_gpus == sum(counts.values())
 
 
@@ -482,7 +483,7 @@ def test_gpus_omitted_with_nonzero_total_refused() -> None:
 def test_mixed_models_counted_per_canonical_model() -> None:
     doc = gpus_doc(3, 3)
     doc["spec"]["gpus"][2]["name"] = "NVIDIA GeForce RTX 4090"
-    assert parse_registration(dumps(doc)).spec.gpu_counts() == {"H100-80GB-HBM3": 2, "RTX-4090": 1}
+    assert parse_registration(dumps(doc)).hardware == {"H100-80GB-HBM3": 2, "RTX-4090": 1}
 
 
 def test_capacity_may_not_offer_more_gpus_than_the_spec_lists() -> None:
@@ -499,7 +500,7 @@ def test_offer_below_hardware_is_what_goes_to_the_ledger() -> None:
     doc["capacity"]["cpu_cores"] = 99999 // 100  # more than the spec has: capped at the spec's 32
     request = parse_registration(dumps(doc))
     assert request.offered_gpus() == {"A100-SXM4-80GB": 1}
-    assert request.offered_cpu_cores() == 32
+    assert request.totals.cpu_cores == 32
 
 
 # -- the whole message ----------------------------------------------------------------------------
@@ -563,8 +564,8 @@ def test_unknown_fields_ignored_at_every_level() -> None:
     doc["spec"]["gpus"][0]["mig_mode"] = None
     doc["capacity"]["spot"] = True
     request = parse_registration(dumps(doc))
-    assert not hasattr(request, "future_field")
-    assert "future_field" not in request.model_dump()
+    assert not hasattr(request.request, "future_field")
+    assert "future_field" not in request.request.model_dump()
     heartbeat = load_protocol("heartbeat.agent.json") | {"gpu_temps": [60, 61], "disk_usage": 0.3}
     assert parse_heartbeat(dumps(heartbeat)).provider_id == AGENT_WALLET
 
@@ -790,10 +791,10 @@ def test_one_field_of_the_agent_example_replaced(
         request = parse_registration(raw, allow_private_ips=private)
     except MessageError:
         return
-    assert isinstance(request, RegistrationRequest)
-    request.offered_gpus()
-    request.offered_cpu_cores()
-    request.offered_memory_mb()
+    assert isinstance(request.request, RegistrationRequest)
+    assert sum(request.offered_gpus().values()) <= sum(request.hardware.values())
+    assert request.totals.cpu_cores <= request.spec.cpu_cores
+    assert request.totals.memory_mb <= request.spec.total_memory_mb
 
 
 @FAST
@@ -832,7 +833,7 @@ def test_an_unknown_architecture_is_refused_naming_the_field() -> None:
 
 def test_sdk_capacity_offers_the_shared_part_and_starts_with_its_mining_gpus() -> None:
     request = parse_registration(dumps(load_go_agent("registration.sdk.json")))
-    totals = request.ledger_totals()
+    totals = request.totals
     assert totals.cpu_cores == 24  # what it shares, not the host's 32 (total_cpu_cores)
     assert totals.memory_mb == 196608  # not the host's 257698 (total_memory_mb)
     assert totals.gpus == {"RTX-4090": 4}
@@ -843,9 +844,9 @@ def test_sdk_mining_follows_available_gpus_without_mining_config() -> None:
     doc = load_go_agent("registration.sdk.json")
     del doc["capacity"]["mining_config"]
     doc["capacity"]["available_gpus"] = {"NVIDIA GeForce RTX 4090": 2}
-    assert parse_registration(dumps(doc)).ledger_totals().mining == {"RTX-4090": 2}
+    assert parse_registration(dumps(doc)).totals.mining == {"RTX-4090": 2}
     doc["capacity"]["mining_config"] = {"enabled": False}
-    assert parse_registration(dumps(doc)).ledger_totals().mining == {"RTX-4090": 0}
+    assert parse_registration(dumps(doc)).totals.mining == {"RTX-4090": 0}
 
 
 def test_sdk_mining_beyond_the_offer_is_refused() -> None:
@@ -870,4 +871,4 @@ def test_a_gpu_whose_name_yields_no_model_is_refused_naming_it(name: str) -> Non
 def test_gpu_names_in_any_case_are_one_model() -> None:
     doc = with_value(agent_doc(), ("spec", "gpus", 1, "name"), "nvidia a100-sxm4-80gb")
     request = parse_registration(dumps(doc))
-    assert request.spec.gpu_counts() == {"A100-SXM4-80GB": 2}
+    assert request.hardware == {"A100-SXM4-80GB": 2}

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from worldland.names import (
+from worldland.domain.names import (
     LABEL_VALUE_MAX,
     MAX_NODE_NAME_ATTEMPT,
     UnknownGpuModel,
@@ -221,7 +221,7 @@ def test_canonical_is_a_label_value_and_idempotent(name: str) -> None:
 def test_policy_refuses_an_allowed_model_that_names_none() -> None:
     from pydantic import ValidationError
 
-    from worldland.policy import ApprovalPolicy
+    from worldland.domain.policy import ApprovalPolicy
 
     assert ApprovalPolicy(allowed_gpu_models=["rtx 4090", "NVIDIA GeForce RTX 4090"]).allowed_gpu_models == [
         "RTX-4090"

@@ -5,34 +5,20 @@ import threading
 import pytest
 import redis
 
-from tests.factories import registration, wallet_for
-from worldland.capacity import CapacityError, CapacityLedger
-from worldland.config import connect
-from worldland.keys import Keys
-from worldland.lifecycle import TRANSITIONS, Status, TransitionError
-from worldland.names import node_name
-from worldland.store import (
+from testkit.clock import FakeClock
+from testkit.factories import registration, wallet_for
+from testkit.fleet import put_in
+from worldland.domain.lifecycle import TRANSITIONS, Status, TransitionError
+from worldland.domain.names import node_name
+from worldland.state.connection import connect
+from worldland.state.keys import Keys
+from worldland.state.ledger import CapacityError, CapacityLedger
+from worldland.state.providers import (
     ProviderStore,
     StatusConflict,
     UnknownProvider,
     WalletMismatch,
 )
-
-PATH_TO = {
-    Status.PENDING: [],
-    Status.APPROVED: [Status.APPROVED],
-    Status.JOINED: [Status.APPROVED, Status.JOINED],
-    Status.AVAILABLE: [Status.APPROVED, Status.JOINED, Status.AVAILABLE],
-    Status.REJECTED: [Status.REJECTED],
-}
-
-
-class FakeClock:
-    def __init__(self, now: float = 1_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -43,19 +29,6 @@ def clock() -> FakeClock:
 @pytest.fixture
 def store(redis_client: redis.Redis, keys: Keys, clock: FakeClock) -> ProviderStore:
     return ProviderStore(redis_client, keys, clock)
-
-
-def put_in(store: ProviderStore, provider_id: str, status: Status, previous: Status | None = None) -> None:
-    """Register a provider (unless it is already) and walk it to ``status`` along legal transitions."""
-    if store.get(provider_id) is None:
-        store.upsert_registration(registration(provider_id))
-    if status is Status.OFFLINE:
-        for step in PATH_TO[previous or Status.AVAILABLE]:
-            store.transition(provider_id, step)
-        store.transition(provider_id, Status.OFFLINE)
-        return
-    for step in PATH_TO[status]:
-        store.transition(provider_id, step)
 
 
 def test_registration_creates_pending_provider_with_unique_node_name(store: ProviderStore, clock: FakeClock):
@@ -213,7 +186,7 @@ def test_listing_round_trips(store: ProviderStore, monkeypatch):
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(redis.client.Pipeline, "execute", counting)
-    monkeypatch.setattr("worldland.store.LIST_CHUNK", 2)
+    monkeypatch.setattr("worldland.state.providers.LIST_CHUNK", 2)
     assert len(store.list()) == 5
     assert calls["execute"] == 3  # ceil(5 / 2) pipelines, not 5 round trips
 

@@ -100,16 +100,14 @@ from typing import Any  # noqa: E402
 
 from ansible.errors import AnsibleError, AnsibleParserError  # noqa: E402
 from ansible.plugins.inventory import BaseInventoryPlugin, Cacheable, Constructable  # noqa: E402
-from ansible.utils.unsafe_proxy import wrap_var  # noqa: E402
 
 try:
-    import redis
+    from ansible_collections.worldland.provider.plugins.plugin_utils.fleet import open_fleet
+    from ansible_collections.worldland.provider.plugins.plugin_utils.unsafe import unsafe
 
-    from worldland.config import connect, redacted
-    from worldland.fleet import Fleet
-    from worldland.inventory import InvalidRecord, InventoryHost, inventory_hosts, status_group
-    from worldland.keys import Keys
-    from worldland.lifecycle import Status
+    from worldland.control.inventory import InvalidRecord, InventoryHost, inventory_hosts, status_group
+    from worldland.domain.lifecycle import Status
+    from worldland.state.connection import redacted
 except ImportError as _error:  # reported by parse(), so ansible-doc still works without it
     IMPORT_ERROR: ImportError | None = _error
 else:
@@ -117,35 +115,9 @@ else:
 
 CONFIG_SUFFIXES = ("worldland.yml", "worldland.yaml")
 CACHE_FORMAT = 1
-_PLAIN_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
-def unsafe(value: Any) -> Any:
-    """``wrap_var(value)``: every string in it marked unsafe, at a fraction of wrap_var's cost.
-
-    In ansible-core >= 2.19 (which this collection requires) unsafe means "not tagged as trusted":
-    ``wrap_var`` strips ``TrustedAsTemplate`` from each string, and a plain ``str``, the only kind
-    of string JSON decoding or Redis gives, carries no tags at all. So a value made only of plain
-    scalars, dicts and lists is already unsafe and is returned as it is; anything else (a tagged
-    string, a tuple, ...) goes through ``wrap_var`` itself. Over 10,000 providers ``wrap_var`` on
-    everything took longer than reading them from Redis.
-    """
-    return value if _plain(value) else wrap_var(value)
-
-
-def _plain(value: Any) -> bool:
-    kind = type(value)
-    if kind is dict:
-        for key, item in value.items():
-            if type(key) is not str or (type(item) not in _PLAIN_SCALARS and not _plain(item)):
-                return False
-        return True
-    if kind is list:
-        return all(type(item) in _PLAIN_SCALARS or _plain(item) for item in value)
-    return kind in _PLAIN_SCALARS
-
-
-class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
+class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):  # type: ignore[misc]  # ansible-core is untyped: its bases are Any
     NAME = "worldland.provider.worldland"
 
     def verify_file(self, path: str) -> bool:
@@ -199,22 +171,8 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
     # -- reading ---------------------------------------------------------------------------------
 
     def _fetch(self, url: str, prefix: str, statuses: list[Status]) -> list[InventoryHost]:
-        try:
-            keys = Keys(prefix)
-        except ValueError as exc:
-            raise AnsibleParserError(f"worldland inventory: {exc}") from None
-        try:
-            client = connect(url, timeout=float(self.get_option("timeout")))
-        except (ValueError, redis.RedisError) as exc:
-            raise AnsibleParserError(f"worldland inventory: bad redis_url {redacted(url)}: {exc}") from None
-        try:
-            return inventory_hosts(Fleet.open(client, keys), statuses, on_invalid=self._skip)
-        except (redis.RedisError, OSError) as exc:
-            raise AnsibleParserError(
-                f"worldland inventory: cannot read the providers from Redis at {redacted(url)}: {exc}"
-            ) from None
-        finally:
-            client.close()
+        with open_fleet(url, prefix, float(self.get_option("timeout")), "worldland inventory") as fleet:
+            return inventory_hosts(fleet, statuses, on_invalid=self._skip)
 
     def _skip(self, provider_id: str, error: Exception) -> None:
         why = f"field {error.args[0]!r} is missing" if isinstance(error, KeyError) else str(error)

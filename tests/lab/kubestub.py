@@ -3,7 +3,7 @@
 Serves just what ``kubeadm join`` needs, over HTTPS with its own CA, in Kubernetes' JSON shapes:
 ``GET /api/v1/namespaces/kube-system/secrets/<name>``, ``GET .../kube-public/configmaps/cluster-info``
 (optional), ``GET/POST /api/v1/nodes[/<name>]`` and ``PATCH /api/v1/nodes/<name>/status`` (merge
-patch). Bearer-token auth. The project's real test server is tests/kube_server/; this stub only keeps
+patch). Bearer-token auth. The project's real test server is testkit/kube_server/; this stub only keeps
 the lab's own tests independent of it.
 """
 

@@ -1,0 +1,92 @@
+"""A private redis-server for tests and benchmarks: a free loopback port, no persistence, stopped by PID."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RedisServer:
+    """Starts ``redis-server`` on 127.0.0.1 at a free port (never 6379) in its own directory."""
+
+    def __init__(self, persist: bool = False) -> None:
+        self.persist = persist  # append-only file in the work dir, so data survives a restart
+        self.port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+        self.workdir = Path(tempfile.mkdtemp(prefix="worldland-redis-"))
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, attempts: int = 5) -> RedisServer:
+        for _ in range(attempts):
+            self.port = free_port()
+            if self._launch():
+                return self
+            self.stop()
+        raise RuntimeError("could not start redis-server on a free port")
+
+    def restart(self) -> None:
+        """Stop and start again on the same port (what a Redis restart looks like to clients)."""
+        self.stop()
+        if not self._launch():
+            raise RuntimeError(f"could not restart redis-server on port {self.port}")
+
+    def _launch(self) -> bool:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed (make test installs it through apt)")
+        args = ["--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--dir", str(self.workdir)]
+        args += ["--appendonly", "yes" if self.persist else "no", "--appendfsync", "no"]
+        args += ["--daemonize", "no", "--loglevel", "warning"]
+        self.process = subprocess.Popen([binary, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 10.0) -> bool:
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.2)
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                if self.process is not None and self.process.poll() is not None:
+                    return False  # exited: most likely the port was taken meanwhile
+                try:
+                    if client.ping():
+                        return True
+                except redis.ConnectionError:
+                    time.sleep(0.02)
+            return False
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

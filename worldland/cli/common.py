@@ -1,0 +1,169 @@
+"""What the ``worldland`` commands share: printing (never markup), errors as one line, the context
+that opens Redis and Kubernetes, and the common options."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+import redis
+from rich.console import Console
+from rich.text import Text
+
+from worldland.control.onboarding import Onboarding
+from worldland.domain.join import DEFAULT_TOKEN_TTL_S
+from worldland.domain.lifecycle import Status, TransitionError
+from worldland.domain.policy import ApprovalPolicy, PolicyError
+from worldland.protocol.streams import AGENT_RESPONSE_GROUPS, StreamNames
+from worldland.state.connection import (
+    connect,
+    connection_error_message,
+    redis_error_reason,
+)
+from worldland.state.fleet import Fleet
+from worldland.state.keys import Keys
+from worldland.state.ledger import CapacityError
+from worldland.state.providers import StoreError
+
+STATUS_CHOICES = click.Choice([s.value for s in Status], case_sensitive=False)
+
+
+def plain(value: Any) -> str:
+    """``value`` as text that cannot drive the terminal: control and other unprintable characters
+    (ESC, CR, bidi overrides, ...) are shown escaped (``\\x1b``). Provider-supplied strings are free text."""
+    text = "" if value is None else str(value)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
+def one_line(message: str) -> str:
+    """``message`` on one line: its lines joined by spaces, nothing unprintable left."""
+    return plain(" ".join(part.strip() for part in message.splitlines() if part.strip()))
+
+
+def echo(message: str) -> None:
+    """Print a line of text (never markup) on stdout."""
+    click.echo(one_line(message))
+
+
+def fail(message: str) -> NoReturn:
+    """The CLI's error convention: ``worldland: <what is wrong>``, one line on stderr, exit status 1."""
+    click.echo(f"worldland: {one_line(message)}", err=True)
+    sys.exit(1)
+
+
+def cell(value: Any) -> Text:
+    """A table cell holding ``value`` as literal text: rich markup in it (``[/]``, ``[link=...]``) is
+    shown, never interpreted; unprintable characters are escaped."""
+    return Text(plain(value))
+
+
+def console() -> Console:
+    """The console tables print on. Markup, emoji codes and highlighting are off: everything printed
+    is data (cells are Text objects as well, so a str passed by mistake still prints literally)."""
+    return Console(markup=False, emoji=False, highlight=False)
+
+
+class Context:
+    def __init__(self, redis_url: str, keys: Keys) -> None:
+        self.redis_url = redis_url
+        self.keys = keys
+        self._fleet: Fleet | None = None
+
+    @property
+    def fleet(self) -> Fleet:
+        if self._fleet is None:
+            self._fleet = Fleet.open(connect(self.redis_url), self.keys)
+        return self._fleet
+
+    def onboarding(
+        self,
+        kubeconfig: str | None,
+        policy: ApprovalPolicy | None = None,
+        join_endpoint: str | None = None,
+        token_ttl_s: int = DEFAULT_TOKEN_TTL_S,
+        stream_namespace: str = "",
+        agent_groups: tuple[str, ...] = AGENT_RESPONSE_GROUPS,
+    ) -> Onboarding:
+        cluster = None
+        if kubeconfig:
+            from worldland.kube import KubeClient
+
+            cluster = KubeClient.from_kubeconfig(kubeconfig, join_endpoint=join_endpoint)
+        return Onboarding(
+            fleet=self.fleet,
+            streams=StreamNames(stream_namespace),
+            policy=policy or ApprovalPolicy(),
+            cluster=cluster,
+            token_ttl_s=token_ttl_s,
+            agent_groups=agent_groups,
+        )
+
+
+KUBECONFIG_OPTION = click.option(
+    "--kubeconfig",
+    envvar="WORLDLAND_KUBECONFIG",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Kubeconfig for the cluster providers join (env WORLDLAND_KUBECONFIG).",
+)
+STREAM_NAMESPACE_OPTION = click.option(
+    "--stream-namespace", default="", hidden=True, help="Prefix of the stream names (tests only)."
+)
+
+
+def load_policy(path: str) -> ApprovalPolicy:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PolicyError(f"policy {path}: cannot read: {exc.strerror}") from None
+    return ApprovalPolicy.from_yaml(text, source=path)
+
+
+def _is_kube_error(exc: BaseException) -> bool:
+    kube = sys.modules.get("worldland.kube")  # imported only by commands that talk to Kubernetes
+    return kube is not None and isinstance(exc, kube.KubeError)
+
+
+def handles_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn domain, connection and Kubernetes errors into one line on stderr and exit status 1."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        ctx = click.get_current_context().find_object(Context)
+        try:
+            return command(*args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            fail(
+                connection_error_message(ctx.redis_url, exc)
+                if ctx
+                else f"cannot reach Redis: {redis_error_reason(exc)}"
+            )
+        except redis.RedisError as exc:
+            fail(f"Redis error: {redis_error_reason(exc)}")
+        except (StoreError, TransitionError, CapacityError, ValueError) as exc:
+            fail(str(exc))
+        except Exception as exc:
+            if _is_kube_error(exc):
+                fail(f"Kubernetes: {exc}")
+            raise
+
+    return wrapper
+
+
+def print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=False))
+
+
+def _gpu_summary(capacity: dict[str, Any] | None) -> str:
+    if not capacity:
+        return ""
+    parts = []
+    for model, counts in sorted((capacity.get("gpus") or {}).items()):
+        parts.append(f"{model} {counts['available']}/{counts['total']}")
+    return ", ".join(parts)

@@ -1,0 +1,145 @@
+"""``worldland listen``: the registration listener daemon."""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from worldland.cli.common import (
+    KUBECONFIG_OPTION,
+    STREAM_NAMESPACE_OPTION,
+    Context,
+    fail,
+    handles_errors,
+    load_policy,
+)
+from worldland.control.listener import Listener, ListenerSettings
+from worldland.control.logs import setup_logging
+from worldland.domain.join import DEFAULT_TOKEN_TTL_S, MAX_TOKEN_TTL_S, MIN_TOKEN_TTL_S
+from worldland.domain.policy import ApprovalPolicy, PolicyError
+from worldland.protocol.streams import AGENT_RESPONSE_GROUPS, DEFAULT_GROUP
+from worldland.state.connection import (
+    redacted,
+)
+
+
+@click.command()
+@click.option(
+    "--policy",
+    "policy_path",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Approval policy YAML (default: manual approval, public addresses only).",
+)
+@KUBECONFIG_OPTION
+@click.option("--join-endpoint", help="HOST:PORT providers join (default: the kubeconfig's server).")
+@click.option(
+    "--token-ttl",
+    type=click.IntRange(MIN_TOKEN_TTL_S // 60, MAX_TOKEN_TTL_S // 60),
+    default=DEFAULT_TOKEN_TTL_S // 60,
+    show_default=True,
+    help="Join token lifetime, minutes.",
+)
+@click.option("--group", default=DEFAULT_GROUP, show_default=True, help="Consumer group.")
+@click.option("--consumer", default="", help="Consumer name [default: host-pid].")
+@click.option("--batch", type=click.IntRange(1, 10_000), default=500, show_default=True)
+@click.option("--block-ms", type=click.IntRange(1, 60_000), default=1000, show_default=True)
+@click.option(
+    "--claim-idle-ms",
+    type=click.IntRange(1000),
+    default=60_000,
+    show_default=True,
+    help="Claim entries another consumer left pending this long.",
+)
+@click.option(
+    "--claim-interval",
+    type=click.FloatRange(0.1),
+    default=30.0,
+    show_default=True,
+    help="Seconds between looks for such entries.",
+)
+@click.option(
+    "--reconcile-interval",
+    type=click.FloatRange(0.1),
+    default=10.0,
+    show_default=True,
+    help="Seconds between reconcile passes (tokens retried, Joined/Available).",
+)
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=0, help="Serve Prometheus metrics.")
+@click.option("--metrics-address", default="127.0.0.1", show_default=True)
+@click.option(
+    "--max-deliveries",
+    type=click.IntRange(1, 1000),
+    default=5,
+    show_default=True,
+    help="Dead-letter an entry delivered this often without being acknowledged (it stops listeners).",
+)
+@click.option(
+    "--agent-group",
+    "agent_groups",
+    multiple=True,
+    default=AGENT_RESPONSE_GROUPS,
+    show_default=True,
+    help="Consumer group an agent reads its answers with; created before the first answer (repeatable).",
+)
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")
+@STREAM_NAMESPACE_OPTION
+@click.pass_obj
+@handles_errors
+def listen(
+    obj: Context,
+    policy_path: str | None,
+    kubeconfig: str | None,
+    join_endpoint: str | None,
+    token_ttl: int,
+    group: str,
+    consumer: str,
+    batch: int,
+    block_ms: int,
+    claim_idle_ms: int,
+    claim_interval: float,
+    reconcile_interval: float,
+    max_deliveries: int,
+    agent_groups: tuple[str, ...],
+    metrics_port: int,
+    metrics_address: str,
+    log_level: str,
+    stream_namespace: str,
+) -> None:
+    """Run the registration listener: registrations, heartbeats and capacity updates from Redis."""
+    setup_logging(log_level)
+    try:
+        policy = load_policy(policy_path) if policy_path else ApprovalPolicy()
+    except PolicyError as err:
+        fail(str(err))
+    onboarding = obj.onboarding(
+        kubeconfig, policy, join_endpoint, token_ttl * 60, stream_namespace, tuple(agent_groups)
+    )
+    settings = ListenerSettings(
+        group=group,
+        consumer=consumer,
+        batch=batch,
+        block_ms=block_ms,
+        claim_idle_ms=claim_idle_ms,
+        claim_every_s=claim_interval,
+        reconcile_every_s=reconcile_interval,
+        max_deliveries=max_deliveries,
+    )
+    listener = Listener(onboarding, settings)
+    listener.install_signal_handlers()
+    if metrics_port:
+        try:
+            listener.serve_metrics(metrics_port, metrics_address)
+        except OSError as exc:
+            fail(f"cannot serve metrics on {metrics_address}:{metrics_port}: {exc.strerror or exc}")
+    logging.getLogger("worldland.listener").info(
+        "listening",
+        extra={
+            "group": group,
+            "consumer": listener.settings.consumer,
+            "policy": policy.mode.value,
+            "kubernetes": bool(kubeconfig),
+            "redis": redacted(obj.redis_url),
+        },
+    )
+    listener.run()

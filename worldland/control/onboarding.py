@@ -1,0 +1,506 @@
+"""Registration, approval, join tokens and answers: what happens to a provider between its first
+message and its node joining the cluster.
+
+The listener feeds registrations here; ``worldland approve`` approves through here; the reconcile
+step (also run by the audit) moves providers on as their nodes appear. Kubernetes is reached only
+through ``worldland.kube`` (any object with the ``Cluster`` methods below).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from worldland.control.node_sync import NodeWriter, sync_node
+from worldland.domain.join import (
+    DEFAULT_TOKEN_TTL_S,
+    MAX_TOKEN_TTL_S,
+    MIN_TOKEN_TTL_S,
+    TOKEN_REUSE_MARGIN_S,
+    join_command,
+)
+from worldland.domain.lifecycle import Status, TransitionError
+from worldland.domain.names import desired_node, node_labels
+from worldland.domain.policy import ApprovalMode, ApprovalPolicy
+from worldland.domain.registration import (
+    Registration,
+    checked_offer,
+    parse_registration,
+    registration_from_json,
+)
+from worldland.protocol.ids import PROVIDER_ID_RE
+from worldland.protocol.messages import (
+    ALLOW_PRIVATE_IPS,
+    CapacityUpdate,
+    MessageError,
+    ProviderSpec,
+    RegistrationResponse,
+)
+from worldland.protocol.streams import AGENT_RESPONSE_GROUPS, StreamNames
+from worldland.state import decoded
+from worldland.state.fleet import Fleet
+from worldland.state.heartbeats import LastBeat
+from worldland.state.ledger import CapacityError
+from worldland.state.providers import (
+    OPERATOR,
+    ProviderRecord,
+    ProviderStore,
+    StatusConflict,
+    StoreError,
+    WalletMismatch,
+    approved_registration,
+    same_wallet,
+)
+from worldland.state.streams import send_response
+
+if TYPE_CHECKING:  # the Kubernetes client is imported only where a cluster is used
+    from worldland.kube import NodeState
+
+log = logging.getLogger("worldland.onboarding")
+
+MAX_READABLE_ID_PROBE = 65536
+
+
+class Cluster(NodeWriter, Protocol):
+    """What onboarding needs from Kubernetes (implemented by ``worldland.kube.KubeClient``), and
+    ``node_state`` for the audit, which works on the cluster of the ``Onboarding`` it is given."""
+
+    def ensure_bootstrap_token(
+        self, token_id: str, secret: str, expires_at: float, description: str, *, provider_id: str
+    ) -> None: ...
+
+    def bootstrap_token_secret(self, token_id: str) -> str | None: ...
+
+    def delete_bootstrap_token(self, token_id: str) -> bool: ...
+
+    def ca_cert_hash(self) -> str: ...
+
+    def join_endpoint(self) -> tuple[str, int]: ...
+
+    def node_states(self, node_names: Iterable[str]) -> dict[str, NodeState]: ...
+
+    def node_state(self, name: str) -> NodeState: ...
+
+
+class Rejected(Exception):
+    """A message that is refused as a whole: dead-lettered with this reason (never holds a token)."""
+
+    outcome = "invalid"  # the listener's metric label
+
+
+class ForeignRegistration(Rejected):
+    """A registration for a provider id bound to another wallet: never answered (the answer stream
+    belongs to the id's owner), dead-lettered and counted."""
+
+    outcome = "wallet_mismatch"
+
+
+class RefusedChange(Rejected):
+    """A registration refused while the stored provider stays as it was (answered with why)."""
+
+    outcome = "refused"
+
+
+@dataclass
+class ReconcileReport:
+    tokens_issued: int = 0
+    joined: list[str] = field(default_factory=list)
+    available: list[str] = field(default_factory=list)
+    synced: list[str] = field(default_factory=list)  # providers whose node was written
+    errors: list[str] = field(default_factory=list)
+
+
+def readable_identity(raw: str | bytes | None) -> tuple[str | None, str | None]:
+    """The provider id and wallet of a message that failed validation, where they can be read safely."""
+    if raw is None or len(raw) > MAX_READABLE_ID_PROBE:
+        return None, None
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None, None
+    if not isinstance(data, dict):
+        return None, None
+    pid, wallet = data.get("provider_id"), data.get("wallet_addr")
+    return (
+        pid if isinstance(pid, str) and PROVIDER_ID_RE.match(pid) else None,
+        wallet if isinstance(wallet, str) else None,
+    )
+
+
+@dataclass
+class Onboarding:
+    fleet: Fleet
+    streams: StreamNames
+    policy: ApprovalPolicy
+    cluster: Cluster | None
+    token_ttl_s: int = DEFAULT_TOKEN_TTL_S
+    agent_groups: tuple[str, ...] = AGENT_RESPONSE_GROUPS
+    new_token: Callable[[], tuple[str, str]] | None = None  # (id, secret); worldland.kube's by default
+    clock: Callable[[], float] = time.time
+
+    def __post_init__(self) -> None:
+        if not MIN_TOKEN_TTL_S <= self.token_ttl_s <= MAX_TOKEN_TTL_S:
+            raise ValueError(
+                f"token_ttl_s: must be {MIN_TOKEN_TTL_S}..{MAX_TOKEN_TTL_S} s (a short-lived join token)"
+            )
+        if self.new_token is None:
+            from worldland.kube import new_bootstrap_token
+
+            self.new_token = new_bootstrap_token
+
+    @property
+    def store(self) -> ProviderStore:
+        return self.fleet.store
+
+    # -- answers ----------------------------------------------------------------------------------
+
+    def answer(self, provider_id: str, response: RegistrationResponse) -> None:
+        send_response(self.fleet.client, self.streams, provider_id, response.to_wire(), self.agent_groups)
+
+    def answer_state(self, record: ProviderRecord, message: str, *, success: bool | None = None) -> None:
+        self.answer(
+            record.provider_id,
+            RegistrationResponse(
+                success=record.status is not Status.REJECTED if success is None else success,
+                status=record.status,
+                message=message,
+                node_name=record.node_name,
+            ),
+        )
+
+    def _may_answer(self, provider_id: str, wallet: str | None) -> bool:
+        """Only the owner of a known provider id hears about it: an unknown id, or the same wallet."""
+        record = self.store.get(provider_id)
+        return record is None or (wallet is not None and same_wallet(record.wallet_addr, wallet))
+
+    # -- registration -----------------------------------------------------------------------------
+
+    def handle_registration(self, raw: str) -> str:
+        """Process one registration message; returns its outcome (for metrics).
+
+        Every check (validation, wallet, policy, capacity) comes before any write. Raises ``Rejected``
+        for a message that must be dead-lettered.
+        """
+        try:
+            request = parse_registration(raw, allow_private_ips=self.policy.allow_private_ips)
+        except MessageError as err:
+            pid, wallet = readable_identity(raw)
+            if pid is not None:
+                if not self._may_answer(pid, wallet):
+                    raise ForeignRegistration(f"{err} (for provider {pid!r}, from another wallet)") from None
+                self.answer(
+                    pid, RegistrationResponse(success=False, status=Status.REJECTED, message=str(err))
+                )
+            raise Rejected(str(err)) from None
+
+        pid = request.provider_id
+        existing = self.store.get(pid)
+        if existing is not None and not same_wallet(existing.wallet_addr, request.wallet_addr):
+            raise ForeignRegistration(str(WalletMismatch(pid)))
+        refusals = self.policy.refusals(request)
+        if existing is None or existing.status is Status.PENDING:
+            record = self._register(request, existing)
+            if refusals:
+                return self._reject_by_policy(record, refusals)
+            return self._pending_or_approved(record)
+        if existing.status is Status.REJECTED:
+            if existing.rejected_by == OPERATOR:
+                self.answer_state(
+                    existing,
+                    f"rejected by an operator ({existing.status_reason}); "
+                    "registering again does not change that: ask the operator",
+                )
+                return "rejected"
+            record = self._register(request, existing)
+            if refusals:
+                return self._reject_by_policy(record, refusals)
+            self.store.transition(pid, Status.PENDING, reason="registered again")
+            return self._pending_or_approved(self.store.require(pid))
+        return self._reregister_live(existing, request, refusals)
+
+    def _reregister_live(self, existing: ProviderRecord, request: Registration, refusals: list[str]) -> str:
+        """An approved (joined, available, offline) provider registers again: the policy applies as to
+        a new one; a change it refuses is refused, one that needs an operator waits for one."""
+        pid = existing.provider_id
+        if refusals:
+            self.answer_state(
+                existing,
+                "registration change refused: "
+                + "; ".join(refusals)
+                + f"; the provider stays {existing.status} with the registration it was approved with",
+                success=False,
+            )
+            return "refused"
+        held = self.policy.changes_needing_approval(approved_registration(existing), request)
+        if held:
+            self.store.hold_change(pid, request)
+            message = "registration change waits for an operator's approval: " + "; ".join(held)
+            if existing.status is Status.APPROVED:
+                self.send_join_token(pid, message=message)
+            else:
+                self.answer_state(existing, message)
+            return "held"
+        record = self._register(request, existing)
+        if record.status is Status.APPROVED:  # the same token again while it lasts, else a fresh one
+            self.send_join_token(pid)
+            return "approved"
+        self.answer_state(record, f"already {record.status}; no new join token")
+        return "existing"
+
+    def _reject_by_policy(self, record: ProviderRecord, refusals: list[str]) -> str:
+        reason = "; ".join(refusals)
+        if record.status is Status.PENDING:
+            self.store.transition(record.provider_id, Status.REJECTED, reason=reason)
+        self.answer(
+            record.provider_id,
+            RegistrationResponse(
+                success=False, status=Status.REJECTED, message=reason, node_name=record.node_name
+            ),
+        )
+        return "rejected"
+
+    def _pending_or_approved(self, record: ProviderRecord) -> str:
+        if self.policy.mode is ApprovalMode.AUTO:
+            self.approve(record.provider_id)
+            return "approved"
+        self.answer_state(record, "registration received; waiting for an operator's approval")
+        return "pending"
+
+    def _register(self, request: Registration, existing: ProviderRecord | None) -> ProviderRecord:
+        try:
+            return self.fleet.register(request).record
+        except WalletMismatch as err:
+            raise ForeignRegistration(str(err)) from None
+        except CapacityError as err:
+            message = f"capacity: {err}"
+            if existing is not None:  # the wallet matched: the owner is told why
+                self.answer_state(existing, message, success=False)
+            raise Rejected(message) from None
+
+    # -- approval and tokens ----------------------------------------------------------------------
+
+    def approve(self, provider_id: str) -> bool:
+        """An operator's (or the auto policy's) approval; True when the provider got its answer.
+
+        Pending -> Approved with a join token; Rejected goes through Pending first; a provider with a
+        registration change waiting for approval gets that change applied.
+        """
+        record = self.store.require(provider_id)
+        if record.pending_registration and record.status not in (Status.PENDING, Status.REJECTED):
+            record = self._register(registration_from_json(record.pending_registration), record)
+            if record.status is Status.APPROVED:
+                return self.send_join_token(provider_id, message="registration change approved")
+            self.answer_state(record, "registration change approved")
+            return True
+        if record.status is Status.REJECTED:
+            self.store.transition(provider_id, Status.PENDING, reason="approved by an operator")
+        self.store.transition(provider_id, Status.APPROVED, reason="approved")
+        return self.send_join_token(provider_id)
+
+    def send_join_token(self, provider_id: str, *, message: str = "registration approved") -> bool:
+        """Give an Approved provider a valid join token and answer it; False (error recorded) on failure.
+
+        Idempotent: while the recorded token is valid the same one is sent again; a token is created
+        under an id recorded beforehand, so a crash in between never leaves two tokens behind.
+        """
+        record = self.store.require(provider_id)
+        if record.status is not Status.APPROVED:
+            return False
+        if self.cluster is None:
+            self.store.set_error(provider_id, "token: no Kubernetes access configured (--kubeconfig)")
+            return False
+        now = self.clock()
+        try:
+            secret = None
+            if record.token_id and (record.token_expires_at or 0) > now + TOKEN_REUSE_MARGIN_S:
+                secret = self.cluster.bootstrap_token_secret(record.token_id)
+            if secret is None:
+                assert self.new_token is not None  # set by __post_init__
+                token_id, secret = self.new_token()
+                expires_at = now + self.token_ttl_s
+                self.store.record_token(provider_id, token_id, expires_at)
+                self.cluster.ensure_bootstrap_token(
+                    token_id,
+                    secret,
+                    expires_at,
+                    description=f"worldland provider {provider_id}",
+                    provider_id=provider_id,
+                )
+                record = self.store.require(provider_id)
+            ca_hash = self.cluster.ca_cert_hash()
+            host, port = self.cluster.join_endpoint()
+            token = f"{record.token_id}.{secret}"
+            command = join_command(host, port, token, ca_hash)
+        except Exception as err:  # any cluster failure: stays Approved, retried
+            error = f"token: {type(err).__name__}: {err}"
+            self.store.set_error(provider_id, error)
+            log.warning("join token not issued", extra={"provider_id": provider_id, "error": error})
+            return False
+        if record.last_error:
+            self.store.set_error(provider_id, "")
+        self.answer(
+            provider_id,
+            RegistrationResponse(
+                success=True,
+                status=Status.APPROVED,
+                message=message,
+                join_token=token,
+                join_command=command,
+                master_ip=host,
+                master_port=port,
+                ca_hash=ca_hash,
+                node_name=record.node_name,
+                labels=node_labels(record.provider_id, record.gpu_models, Status.APPROVED),
+            ),
+        )
+        log.info("join token sent", extra={"provider_id": provider_id, "token_id": record.token_id})
+        return True
+
+    def reject(self, provider_id: str, reason: str) -> None:
+        """An operator rejects a pending provider or revokes an approved one: its join token is
+        deleted (now, or by the next reconcile when Kubernetes cannot be reached) and it stays
+        rejected until an operator approves or resets it."""
+        self.fleet.reject(provider_id, reason)
+        record = self.store.require(provider_id)
+        if record.token_id:
+            # Recorded for deletion before the record forgets it: a crash in between loses nothing.
+            self.fleet.client.sadd(self.fleet.keys.revoked_tokens, record.token_id)
+            self.store.forget_token(provider_id)
+            self.delete_revoked_tokens()
+        self.answer(
+            provider_id,
+            RegistrationResponse(
+                success=False, status=Status.REJECTED, message=reason, node_name=record.node_name
+            ),
+        )
+
+    def reset(self, provider_id: str) -> None:
+        """Rejected -> Pending by an operator: the provider's next registration is judged afresh."""
+        record = self.store.require(provider_id)
+        if record.status is not Status.REJECTED:
+            raise TransitionError(
+                provider_id, record.status, Status.PENDING, "only a rejected provider is reset"
+            )
+        self.store.transition(
+            provider_id, Status.PENDING, reason="reset by an operator", expected=Status.REJECTED
+        )
+        self.answer_state(self.store.require(provider_id), "reset by an operator; register again")
+
+    def delete_revoked_tokens(self) -> list[str]:
+        """Delete the join tokens of revoked providers; returns the errors (ids stay queued on error)."""
+        errors: list[str] = []
+        if self.cluster is None:
+            return errors
+        for token_id in sorted(decoded.smembers(self.fleet.client, self.fleet.keys.revoked_tokens)):
+            try:
+                self.cluster.delete_bootstrap_token(token_id)
+            except Exception as err:  # the API is down: the next reconcile tries again
+                errors.append(f"revoke token {token_id}: {type(err).__name__}: {err}")
+                break
+            self.fleet.client.srem(self.fleet.keys.revoked_tokens, token_id)
+        return errors
+
+    # -- capacity updates -------------------------------------------------------------------------
+
+    def apply_capacity(self, update: CapacityUpdate) -> None:
+        """Set a provider's offered totals from a capacity update, within its registered hardware."""
+        record = self.store.get(update.provider_id)
+        if record is None:
+            raise Rejected(f"provider_id: provider {update.provider_id!r} is not registered")
+        if record.status is Status.REJECTED:
+            raise Rejected(f"provider_id: provider {update.provider_id!r} is rejected")
+        spec = ProviderSpec.model_validate(record.spec, context={ALLOW_PRIVATE_IPS: True})
+        try:
+            totals = checked_offer(spec, update.capacity)
+        except MessageError as err:
+            raise Rejected(str(err)) from None
+        try:
+            self.fleet.ledger.set_totals(update.provider_id, *totals)
+        except CapacityError as err:
+            raise Rejected(f"capacity: {err}") from None
+
+    # -- reconcile --------------------------------------------------------------------------------
+
+    def reconcile(self) -> ReconcileReport:
+        """The listener's periodic pass: missing join tokens retried, then ``advance_nodes``."""
+        report = ReconcileReport()
+        if self.cluster is None:
+            return report
+        report.errors += self.delete_revoked_tokens()
+        for record in self.store.list([Status.APPROVED]):
+            needs_token = not record.token_id or record.last_error
+            if needs_token and self.send_join_token(record.provider_id):
+                report.tokens_issued += 1
+        return self.advance_nodes(report)
+
+    def advance_nodes(
+        self, report: ReconcileReport | None = None, *, dry_run: bool = False
+    ) -> ReconcileReport:
+        """Approved providers whose node exists become Joined; Joined ones whose node is Ready with GPUs
+        allocatable become Available; their labels are applied from the control plane. Shared by the
+        listener's reconcile and the audit. ``dry_run`` reads and reports what would move, writing
+        nothing (``worldland audit --dry-run``)."""
+        report = report or ReconcileReport()
+        if self.cluster is None:
+            return report
+        records = self.store.list([Status.APPROVED, Status.JOINED])
+        try:
+            states = self.cluster.node_states([r.node_name for r in records])
+        except Exception as err:  # the API is down: nothing moves, the next pass tries again
+            report.errors.append(f"nodes: {type(err).__name__}: {err}")
+            return report
+        beats = self.fleet.heartbeats.last_beats([r.provider_id for r in records]) if records else {}
+        for record in records:
+            state = states.get(record.node_name)
+            if state is None or not state.exists:
+                continue
+            try:
+                self._advance(record, state, beats.get(record.provider_id), report, dry_run)
+            except (TransitionError, StatusConflict, StoreError):
+                continue  # changed meanwhile (an audit, an operator): the next pass sees the new state
+            except Exception as err:  # one node's API failure must not stop the pass
+                report.errors.append(f"{record.provider_id}: {type(err).__name__}: {err}")
+        return report
+
+    def _advance(
+        self,
+        record: ProviderRecord,
+        state: NodeState,
+        beat: LastBeat | None,
+        report: ReconcileReport,
+        dry_run: bool = False,
+    ) -> None:
+        assert self.cluster is not None
+        status = record.status
+        if status is Status.APPROVED:
+            if not dry_run:
+                self.store.transition(
+                    record.provider_id, Status.JOINED, expected=Status.APPROVED, reason="node joined"
+                )
+            report.joined.append(record.provider_id)
+            status = Status.JOINED
+        if status is Status.JOINED and state.ready and state.gpus > 0:
+            if not dry_run:
+                self.store.transition(
+                    record.provider_id,
+                    Status.AVAILABLE,
+                    expected=Status.JOINED,
+                    reason="node ready with GPUs",
+                )
+            report.available.append(record.provider_id)
+            status = Status.AVAILABLE
+        if dry_run:
+            return
+        desired = desired_node(
+            record.provider_id,
+            record.gpu_models,
+            status,
+            last_beat=beat.received_at if beat else None,
+            active_jobs=beat.active_jobs if beat else None,
+        )
+        if sync_node(self.cluster, record.node_name, desired, state):
+            report.synced.append(record.provider_id)
