@@ -734,10 +734,10 @@ def test_join_command_holds_only_values_this_project_produced(fleet, names, agen
 @pytest.mark.parametrize(
     ("host", "port", "token", "ca_hash", "why"),
     [
-        ("10.0.0.1;id", 6443, "abcdef.0123456789abcdef", "sha256:" + "a" * 64, "host"),
-        ("10.0.0.1", 0, "abcdef.0123456789abcdef", "sha256:" + "a" * 64, "port"),
-        ("10.0.0.1", 6443, "abcdef.0123456789abcdef;id", "sha256:" + "a" * 64, "token"),
-        ("10.0.0.1", 6443, "abcdef.0123456789abcdef", "sha256:$(id)", "CA hash"),
+        ("10.0.0.1;id", 6443, "abcdef.0123456789abcdef", "sha256:" + "a" * 64, "master_ip"),
+        ("10.0.0.1", 0, "abcdef.0123456789abcdef", "sha256:" + "a" * 64, "master_port"),
+        ("10.0.0.1", 6443, "abcdef.0123456789abcdef;id", "sha256:" + "a" * 64, "join_token"),
+        ("10.0.0.1", 6443, "abcdef.0123456789abcdef", "sha256:$(id)", "ca_hash"),
     ],
 )
 def test_join_command_refuses_anything_but_its_exact_formats(host, port, token, ca_hash, why):

@@ -200,8 +200,11 @@ class Listener:
                 self.metrics.heartbeats.labels(outcome="invalid").inc()
         outcomes = self.fleet.heartbeats.record_many(beats)
         counts: dict[str, int] = {}
+        unknown: set[str] = set()
         for entry, outcome in zip(sources, outcomes, strict=True):
             counts[outcome.outcome] = counts.get(outcome.outcome, 0) + 1
+            if outcome.outcome == "unknown":
+                unknown.add(outcome.provider_id)
             if not outcome.accepted:
                 self._dead_letter(
                     entry, f"provider_id: {outcome.provider_id!r} is {outcome.outcome}; beat dropped"
@@ -213,6 +216,8 @@ class Listener:
                 )
         for name, count in counts.items():
             self.metrics.heartbeats.labels(outcome=name).inc(count)
+        for provider_id in sorted(unknown):  # nobody owns an unknown id's answers: tell it to register
+            self.onboarding.answer_unknown(provider_id)
 
     def _handle_capacity(self, batch: list[Entry]) -> None:
         for entry in batch:

@@ -35,6 +35,7 @@ from worldland.domain.registration import (
 from worldland.protocol.ids import PROVIDER_ID_RE
 from worldland.protocol.messages import (
     ALLOW_PRIVATE_IPS,
+    UNKNOWN_PROVIDER,
     CapacityUpdate,
     MessageError,
     ProviderSpec,
@@ -169,6 +170,21 @@ class Onboarding:
                 status=record.status,
                 message=message,
                 node_name=record.node_name,
+            ),
+        )
+
+    def answer_unknown(self, provider_id: str) -> None:
+        """A heartbeat came from an id this deployment does not know (never registered, or its record
+        was lost): the agent is told to register again. Only for an id nobody owns."""
+        if self.store.get(provider_id) is not None:
+            return
+        self.answer(
+            provider_id,
+            RegistrationResponse(
+                success=False,
+                status=Status.REJECTED,
+                message=f"provider_id: {provider_id!r} is not registered; register again",
+                code=UNKNOWN_PROVIDER,
             ),
         )
 

@@ -311,6 +311,10 @@ class Heartbeat(WireModel):
     cpu_usage: Annotated[float, Field(ge=0, le=MAX_USAGE)] | None = None
     memory_usage: Annotated[float, Field(ge=0, le=MAX_USAGE)] | None = None
     active_jobs: Annotated[int, Field(ge=0, le=MAX_ACTIVE_JOBS)] = 0
+    # Per-GPU memory in use (MiB), sent by this project's agent; the Go agent leaves it out.
+    gpu_memory_used_mb: Annotated[
+        list[Annotated[int, Field(ge=0, le=MAX_GPU_MEMORY_MB)]], Field(max_length=MAX_GPUS)
+    ] = []
     timestamp: datetime | None = None
 
 
@@ -334,6 +338,9 @@ class CapacityUpdate(WireModel):
         return data
 
 
+UNKNOWN_PROVIDER = "unknown_provider"  # RegistrationResponse.code: the listener does not know this id
+
+
 class RegistrationResponse(WireModel):
     success: bool
     status: Status
@@ -346,6 +353,9 @@ class RegistrationResponse(WireModel):
     ca_hash: str | None = None
     node_name: str | None = None
     labels: dict[str, str] | None = None
+    # Why, for machines: "unknown_provider" when a heartbeat came from an id the listener does not know
+    # (the agent registers again). The Go agent ignores fields it does not know.
+    code: Annotated[str, Field(max_length=64)] | None = None
 
     def to_wire(self) -> str:
         return self.model_dump_json(exclude_none=True)
@@ -378,7 +388,7 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
     return path or "message"
 
 
-def _to_message_error(error: ValidationError) -> MessageError:
+def to_message_error(error: ValidationError) -> MessageError:
     first = error.errors(include_url=False, include_input=False)[0]
     loc = tuple(first["loc"])
     reason = _FRIENDLY_ERRORS.get(first["type"]) or first["msg"].removeprefix("Value error, ")
@@ -413,7 +423,7 @@ def parse_message(model: type[M], raw: bytes | str, *, allow_private_ips: bool =
     try:
         return model.model_validate_json(raw, context={ALLOW_PRIVATE_IPS: allow_private_ips})
     except ValidationError as exc:
-        raise _to_message_error(exc) from None
+        raise to_message_error(exc) from None
     except (ValueError, TypeError, RecursionError) as exc:  # defensive: nothing else may escape
         raise MessageError("message", f"could not be parsed ({type(exc).__name__})") from None
 
