@@ -19,10 +19,14 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """Starts ``redis-server`` on 127.0.0.1 at a free port (never 6379) in its own directory."""
+    """Starts ``redis-server`` on 127.0.0.1 at a free port (never 6379) in its own directory.
 
-    def __init__(self, persist: bool = False) -> None:
+    ``also_bind``: more addresses of this machine to listen on (a lab's gateway, for its hosts).
+    """
+
+    def __init__(self, persist: bool = False, also_bind: tuple[str, ...] = ()) -> None:
         self.persist = persist  # append-only file in the work dir, so data survives a restart
+        self.also_bind = also_bind
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
         self.workdir = Path(tempfile.mkdtemp(prefix="worldland-redis-"))
@@ -30,6 +34,11 @@ class RedisServer:
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
+
+    def url_at(self, address: str) -> str:
+        """The URL on one of ``also_bind``'s addresses."""
+        assert address in self.also_bind, address
+        return f"redis://{address}:{self.port}/0"
 
     def start(self, attempts: int = 5) -> RedisServer:
         for _ in range(attempts):
@@ -49,7 +58,18 @@ class RedisServer:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed (make test installs it through apt)")
-        args = ["--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--dir", str(self.workdir)]
+        args = [
+            "--bind",
+            "127.0.0.1",
+            *self.also_bind,
+            "--port",
+            str(self.port),
+            "--save",
+            "",
+            "--dir",
+            str(self.workdir),
+        ]
+        args += ["--protected-mode", "no"] if self.also_bind else []
         args += ["--appendonly", "yes" if self.persist else "no", "--appendfsync", "no"]
         args += ["--daemonize", "no", "--loglevel", "warning"]
         self.process = subprocess.Popen([binary, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -96,8 +96,9 @@ def _read_file(path: Path, explicit: bool) -> dict[str, Any]:
     return data
 
 
-def stored_provider_id(directory: Path) -> str:
-    """The id generated the first time and kept next to the config, so the machine keeps its identity."""
+def stored_provider_id(directory: Path, persist: bool = True) -> str:
+    """The id generated the first time and kept next to the config, so the machine keeps its identity
+    (``persist`` False: generated but not kept, for a dry run)."""
     path = directory / PROVIDER_ID_FILE
     try:
         return path.read_text(encoding="utf-8").strip()
@@ -106,6 +107,8 @@ def stored_provider_id(directory: Path) -> str:
     except OSError as exc:
         raise SettingsError(f"provider_id: cannot read {path}: {exc.strerror}") from None
     new = str(uuid.uuid4())
+    if not persist:
+        return new
     try:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -120,17 +123,20 @@ def stored_provider_id(directory: Path) -> str:
     return new
 
 
-def load_settings(config: Path | None, overrides: dict[str, Any]) -> AgentSettings:
+def load_settings(
+    config: Path | None, overrides: dict[str, Any], *, must_exist: bool = True, persist_id: bool = True
+) -> AgentSettings:
     """File (``config``, else the default if present), then the environment, then ``overrides`` (flags;
-    None values are left out)."""
+    None values are left out). A ``config`` named but missing is an error unless not ``must_exist``
+    (``install`` creates it)."""
     path = config or DEFAULT_CONFIG
-    values = _read_file(path, explicit=config is not None)
+    values = _read_file(path, explicit=config is not None and must_exist)
     for name, variable in ENVIRONMENT.items():
         if os.environ.get(variable):
             values[name] = os.environ[variable]
     values.update({k: v for k, v in overrides.items() if v is not None})
     if not values.get("provider_id"):
-        values["provider_id"] = stored_provider_id(path.parent)
+        values["provider_id"] = stored_provider_id(path.parent, persist_id)
     if isinstance(values.get("heartbeat_interval"), str):
         try:
             values["heartbeat_interval"] = float(values["heartbeat_interval"])

@@ -23,13 +23,22 @@ class PlannedFile:
     path: Path
     content: str
     mode: int
+    yaml: bool = False  # compared by meaning (the same settings in another layout are the same file)
 
     def differs(self) -> bool:
         try:
-            same = self.path.read_text(encoding="utf-8") == self.content
+            current = self.path.read_text(encoding="utf-8")
+            same = _loaded(current) == _loaded(self.content) if self.yaml else current == self.content
             return not same or (self.path.stat().st_mode & 0o777) != self.mode
         except FileNotFoundError:
             return True
+
+
+def _loaded(text: str) -> object:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return None
 
 
 def unit_text(executable: str, config: Path, state_dir: Path) -> str:
@@ -57,7 +66,7 @@ def plan(
 ) -> list[PlannedFile]:
     text = yaml.safe_dump({k: v for k, v in settings.items() if v is not None}, sort_keys=True)
     return [
-        PlannedFile(config, text, 0o600),
+        PlannedFile(config, text, 0o600, yaml=True),
         PlannedFile(unit_dir / UNIT_NAME, unit_text(executable, config, state_dir), 0o644),
     ]
 

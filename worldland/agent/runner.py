@@ -132,9 +132,7 @@ class Runner:
                 self.stop.wait(backoff.next())
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 delay = backoff.next()
-                log.warning(
-                    "redis unavailable; retrying", extra={"error": str(exc), "retry_in_s": round(delay, 1)}
-                )
+                log.warning("redis unavailable (%s); retrying in %.1f s", " ".join(str(exc).split()), delay)
                 self.stop.wait(delay)
             finally:
                 client.close()
@@ -153,7 +151,7 @@ class Runner:
         wire.prepare_answers()
         while not self.stop.is_set():
             wire.publish_registration(message)
-            log.info("registration sent", extra={"provider_id": self.settings.provider_id})
+            log.info("registration of %s sent", self.settings.provider_id)
             waited = 0.0
             while waited < REREGISTER_AFTER_S and not self.stop.is_set():
                 answer = wire.next_answer(block_ms=1000)
@@ -169,7 +167,7 @@ class Runner:
             self.save_state(None)
             return None
         outcome = outcome_of(answer)
-        log.info("answer", extra={"status": answer.status.value, "message": answer.message})
+        log.info("answer: %s: %s", answer.status.value, " ".join(answer.message.split()))
         if outcome is Outcome.REJECTED:
             self.exit_code = int(Outcome.REJECTED)
             self.stop.set()
@@ -177,7 +175,7 @@ class Runner:
         self.save_state(state)
         if outcome is Outcome.APPROVED and answer.join_token and self.auto_join:
             result = self.joiner(answer)
-            log.info("join", extra={"result": result.summary})
+            log.info("join: %s", result.summary)
         return state
 
     def _beat(self, wire: AgentWire, known: KnownState) -> KnownState | None:

@@ -37,10 +37,23 @@ def fail(message: str, code: int) -> NoReturn:
     sys.exit(code)
 
 
-def settings_of(ctx: click.Context) -> AgentSettings:
-    settings = ctx.obj
-    assert isinstance(settings, AgentSettings)
-    return settings
+def price_flag(text: str) -> tuple[str, float]:
+    model, sep, price = text.rpartition("=")
+    try:
+        if not sep or not model.strip():
+            raise ValueError
+        return model.strip(), float(price)
+    except ValueError:
+        fail(f"--gpu-price: {text!r} is not MODEL=PRICE (e.g. 'RTX 4090=0.45')", int(Outcome.INVALID))
+
+
+def settings_of(ctx: click.Context, *, must_exist: bool = True, persist_id: bool = True) -> AgentSettings:
+    """The settings, read when the command needs them (``SettingsError`` names a bad one)."""
+    root = ctx.find_root()
+    if not isinstance(root.obj, AgentSettings):
+        config, flags = root.meta["settings_source"]
+        root.obj = load_settings(config, flags, must_exist=must_exist, persist_id=persist_id)
+    return root.obj
 
 
 def handles_errors(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -53,8 +66,8 @@ def handles_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except MessageError as exc:
             fail(f"the registration would be refused: {exc}", int(Outcome.INVALID))
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            settings = click.get_current_context().find_root().obj
-            url = settings.redis_url if isinstance(settings, AgentSettings) else "the configured Redis"
+            loaded = click.get_current_context().find_root().obj
+            url = loaded.redis_url if isinstance(loaded, AgentSettings) else "the configured Redis"
             fail(str(unreachable(url, exc)), int(Outcome.REDIS_UNREACHABLE))
 
     return wrapper
@@ -86,15 +99,28 @@ def answer_dict(answer: RegistrationResponse, show_token: bool) -> dict[str, Any
 @click.option(
     "--data-path", type=click.Path(path_type=Path), help=f"disk figures of; env {ENVIRONMENT['data_path']}."
 )
+@click.option(
+    "--gpu-price",
+    "gpu_prices",
+    multiple=True,
+    metavar="MODEL=PRICE",
+    help="Price per GPU hour of a model, any spelling (repeatable; the config's gpu_prices_per_hour).",
+)
 @click.option("--stream-namespace", default="", hidden=True, help="Prefix of the stream names (tests only).")
 @click.version_option(package_name="worldland")
 @click.pass_context
-def main(ctx: click.Context, /, config: Path | None, stream_namespace: str, **flags: Any) -> None:
+def main(
+    ctx: click.Context,
+    /,
+    config: Path | None,
+    stream_namespace: str,
+    gpu_prices: tuple[str, ...],
+    **flags: Any,
+) -> None:
     """Register this machine with the WorldLand network and keep it heartbeating."""
-    try:
-        ctx.obj = load_settings(config, flags)
-    except SettingsError as exc:
-        fail(str(exc), int(Outcome.INVALID))
+    if gpu_prices:
+        flags["gpu_prices_per_hour"] = dict(price_flag(p) for p in gpu_prices)
+    ctx.meta["settings_source"] = (config, flags)
     ctx.meta["config_path"] = config
     ctx.meta["streams"] = StreamNames(stream_namespace)
 
@@ -223,7 +249,7 @@ def join_command(answer_file: Any) -> None:
 @handles_errors
 def install_command(ctx: click.Context, dry_run: bool, state_dir: Path, unit_dir: Path) -> None:
     """Write the config (0600) and a systemd unit for `run`, enable and start it. Idempotent."""
-    settings = settings_of(ctx)
+    settings = settings_of(ctx, must_exist=False, persist_id=not dry_run)
     settings.require_wallet()
     config = ctx.meta.get("config_path") or Path("/etc/worldland/provider.yml")
     executable = str(Path(sys.argv[0]).resolve())

@@ -312,9 +312,10 @@ class Heartbeat(WireModel):
     memory_usage: Annotated[float, Field(ge=0, le=MAX_USAGE)] | None = None
     active_jobs: Annotated[int, Field(ge=0, le=MAX_ACTIVE_JOBS)] = 0
     # Per-GPU memory in use (MiB), sent by this project's agent; the Go agent leaves it out.
-    gpu_memory_used_mb: Annotated[
-        list[Annotated[int, Field(ge=0, le=MAX_GPU_MEMORY_MB)]], Field(max_length=MAX_GPUS)
-    ] = []
+    # (None when absent: a list default would be copied on every parse, on the hottest path there is.)
+    gpu_memory_used_mb: (
+        Annotated[list[Annotated[int, Field(ge=0, le=MAX_GPU_MEMORY_MB)]], Field(max_length=MAX_GPUS)] | None
+    ) = None
     timestamp: datetime | None = None
 
 
