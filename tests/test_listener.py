@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from testkit.agent import Agent
-from testkit.factories import registration, registration_dict
+from testkit.factories import heartbeat_dict, registration, registration_dict
 from testkit.fleet import put_in
 from testkit.listener import drain, make_listener
 from testkit.nodes import create_node, set_node_status
@@ -743,3 +743,22 @@ def test_join_command_holds_only_values_this_project_produced(fleet, names, agen
 def test_join_command_refuses_anything_but_its_exact_formats(host, port, token, ca_hash, why):
     with pytest.raises(ValueError, match=why):
         join_command(host, port, token, ca_hash)
+
+
+# -- issue 11: the agent learns that the listener does not know it --------------------------------
+
+
+def test_a_heartbeat_from_an_unknown_id_is_answered_unknown_provider_and_a_known_one_is_not(
+    fleet, names, agent
+):
+    listener = make_listener(fleet, names, ApprovalPolicy())
+    fleet.register(registration("p-known"))
+    agent.publish(names.heartbeat, json.dumps(heartbeat_dict("p-lost")))
+    agent.publish(names.heartbeat, json.dumps(heartbeat_dict("p-lost")))  # one answer per batch, not per beat
+    agent.publish(names.heartbeat, json.dumps(heartbeat_dict("p-known")))
+    drain(listener)
+    [(_id, fields)] = fleet.client.xrange(names.response("p-lost"))
+    answer = json.loads(fields["data"])
+    assert answer["code"] == "unknown_provider" and answer["success"] is False
+    assert "register again" in answer["message"]
+    assert fleet.client.exists(names.response("p-known")) == 0

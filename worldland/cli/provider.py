@@ -32,6 +32,15 @@ operator), 11 rejected (the answer says why), 12 no answer in time, 13 Redis unr
 is not valid."""
 
 
+STATE_DIR_OPTION = click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEFAULT_STATE_DIR,
+    show_default=True,
+    help="Where run keeps the last answer's status (never a token).",
+)
+
+
 def fail(message: str, code: int) -> NoReturn:
     click.echo(f"worldland-provider: {' '.join(message.split())}", err=True)
     sys.exit(code)
@@ -184,12 +193,7 @@ def register_command(ctx: click.Context, timeout: float, as_json: bool, show_tok
 
 
 @main.command("run")
-@click.option(
-    "--state-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=DEFAULT_STATE_DIR,
-    show_default=True,
-)
+@STATE_DIR_OPTION
 @click.option(
     "--auto-join", is_flag=True, help="Run kubeadm join once approved (off: onboarding runs onboard.yml)."
 )
@@ -233,12 +237,7 @@ def join_command(answer_file: Any) -> None:
 
 @main.command("install")
 @click.option("--dry-run", is_flag=True, help="Print what would be written; write nothing.")
-@click.option(
-    "--state-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=DEFAULT_STATE_DIR,
-    show_default=True,
-)
+@STATE_DIR_OPTION
 @click.option(
     "--unit-dir",
     type=click.Path(file_okay=False, path_type=Path),
