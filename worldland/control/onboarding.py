@@ -100,12 +100,6 @@ class ForeignRegistration(Rejected):
     outcome = "wallet_mismatch"
 
 
-class RefusedChange(Rejected):
-    """A registration refused while the stored provider stays as it was (answered with why)."""
-
-    outcome = "refused"
-
-
 @dataclass
 class ReconcileReport:
     tokens_issued: int = 0
