@@ -21,6 +21,8 @@ from worldland.domain.join import (
     MAX_TOKEN_TTL_S,
     MIN_TOKEN_TTL_S,
     TOKEN_REUSE_MARGIN_S,
+    JoinValues,
+    checked_join_values,
     join_command,
 )
 from worldland.domain.lifecycle import Status, TransitionError
@@ -91,6 +93,10 @@ class Rejected(Exception):
     """A message that is refused as a whole: dead-lettered with this reason (never holds a token)."""
 
     outcome = "invalid"  # the listener's metric label
+
+
+class JoinUnavailable(Exception):
+    """No join for this provider now (not Approved, or the cluster failed); the reason is recorded."""
 
 
 class ForeignRegistration(Rejected):
@@ -311,18 +317,21 @@ class Onboarding:
         self.store.transition(provider_id, Status.APPROVED, reason="approved")
         return self.send_join_token(provider_id)
 
-    def send_join_token(self, provider_id: str, *, message: str = "registration approved") -> bool:
-        """Give an Approved provider a valid join token and answer it; False (error recorded) on failure.
+    def join_values(self, provider_id: str) -> JoinValues:
+        """An Approved provider's join: a valid token (the recorded one while it has more than
+        ``TOKEN_REUSE_MARGIN_S`` left, else a fresh one: kubeadm hangs on an expired token), the CA
+        hash and the endpoint, each checked. Raises ``JoinUnavailable`` (the error is recorded on the
+        provider) when it is not Approved or the cluster fails.
 
-        Idempotent: while the recorded token is valid the same one is sent again; a token is created
-        under an id recorded beforehand, so a crash in between never leaves two tokens behind.
+        A token is created under an id recorded beforehand, so a crash in between never leaves two.
         """
         record = self.store.require(provider_id)
         if record.status is not Status.APPROVED:
-            return False
+            raise JoinUnavailable(f"provider {provider_id!r} is {record.status}, not approved")
         if self.cluster is None:
-            self.store.set_error(provider_id, "token: no Kubernetes access configured (--kubeconfig)")
-            return False
+            error = "token: no Kubernetes access configured (--kubeconfig)"
+            self.store.set_error(provider_id, error)
+            raise JoinUnavailable(error)
         now = self.clock()
         try:
             secret = None
@@ -341,28 +350,40 @@ class Onboarding:
                     provider_id=provider_id,
                 )
                 record = self.store.require(provider_id)
-            ca_hash = self.cluster.ca_cert_hash()
             host, port = self.cluster.join_endpoint()
-            token = f"{record.token_id}.{secret}"
-            command = join_command(host, port, token, ca_hash)
+            values = checked_join_values(
+                host, port, f"{record.token_id}.{secret}", self.cluster.ca_cert_hash(), record.node_name
+            )
         except Exception as err:  # any cluster failure: stays Approved, retried
             error = f"token: {type(err).__name__}: {err}"
             self.store.set_error(provider_id, error)
             log.warning("join token not issued", extra={"provider_id": provider_id, "error": error})
-            return False
+            raise JoinUnavailable(error) from None
         if record.last_error:
             self.store.set_error(provider_id, "")
+        return values
+
+    def send_join_token(self, provider_id: str, *, message: str = "registration approved") -> bool:
+        """Give an Approved provider a valid join token and answer it; False (error recorded) on failure.
+
+        Idempotent: while the recorded token is valid the same one is sent again.
+        """
+        try:
+            values = self.join_values(provider_id)
+        except JoinUnavailable:
+            return False
+        record = self.store.require(provider_id)
         self.answer(
             provider_id,
             RegistrationResponse(
                 success=True,
                 status=Status.APPROVED,
                 message=message,
-                join_token=token,
-                join_command=command,
-                master_ip=host,
-                master_port=port,
-                ca_hash=ca_hash,
+                join_token=values.token,
+                join_command=join_command(values.host, values.port, values.token, values.ca_hash),
+                master_ip=values.host,
+                master_port=values.port,
+                ca_hash=values.ca_hash,
                 node_name=record.node_name,
                 labels=node_labels(record.provider_id, record.gpu_models, Status.APPROVED),
             ),
