@@ -360,10 +360,13 @@ def test_the_audit_moves_joined_nodes_that_are_ready_with_gpus_to_available(
     beat(fleet, approved, at=T0)
     report = audit.run()
     assert report.promoted == [] and report.joined == [approved]
-    set_node_status(kube_api, node, ready=True, gpus=2)
+    set_node_status(kube_api, node, ready=True, gpus=2)  # the machine registered 4: a hard check
+    report = audit.run()
+    assert report.promoted == [] and status(fleet, pid) is Status.JOINED
+    set_node_status(kube_api, node, ready=True, gpus=4)
     report = audit.run()
     assert report.promoted == [pid] and status(fleet, pid) is Status.AVAILABLE
-    assert len(calls) == 2  # the one implementation, shared with the listener's reconcile
+    assert len(calls) == 3  # one per pass: the one implementation, shared with the listener's reconcile
     assert labels(kube_api, node)["worldland.io/rental-status"] == "available"
     assert labels(kube_api, approved_node)["worldland.io/rental-status"] == "joined"
 
@@ -502,7 +505,7 @@ def test_dry_run_reports_what_would_change_and_writes_nothing(fleet, clock, clus
     stale = provider(fleet, Status.AVAILABLE)
     with_node(fleet, kube_api, stale)
     ready = provider(fleet, Status.JOINED)
-    with_node(fleet, kube_api, ready, ready=True, gpus=2)
+    with_node(fleet, kube_api, ready, ready=True, gpus=4)
     beat(fleet, stale, at=T0)
     beat(fleet, ready, at=T0 + 100)
     clock.now = T0 + 121

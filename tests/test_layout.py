@@ -22,6 +22,7 @@ ONE_HOME = {
     "MAX_REASON_CHARS": "worldland/domain/lifecycle.py",
     "NODE_STATES": "worldland/domain/lifecycle.py",
     "LIVE_STATES": "worldland/domain/lifecycle.py",
+    "GPU_RESOURCE": "worldland/domain/names.py",
     "PROVIDER_ID_RE": "worldland/protocol/ids.py",
     "JOB_ID_RE": "worldland/protocol/ids.py",
     "STALE_AFTER_S": "worldland/protocol/timing.py",

@@ -762,3 +762,19 @@ def test_a_heartbeat_from_an_unknown_id_is_answered_unknown_provider_and_a_known
     assert answer["code"] == "unknown_provider" and answer["success"] is False
     assert "register again" in answer["message"]
     assert fleet.client.exists(names.response("p-known")) == 0
+
+
+def test_joined_becomes_available_only_with_every_registered_gpu_allocatable(
+    fleet, names, agent, cluster, kube_api
+):
+    listener = make_listener(fleet, names, ApprovalPolicy(mode=ApprovalMode.AUTO), cluster)
+    agent.register(registration_dict("p-gpus", gpus=4))
+    drain(listener)
+    node = fleet.store.require("p-gpus").node_name
+    create_node(kube_api, node, ready=True, gpus=3)
+    report = listener.onboarding.reconcile()
+    assert fleet.store.require("p-gpus").status is Status.JOINED
+    assert report.waiting == {"p-gpus": "3 of 4 GPUs allocatable (nvidia.com/gpu)"}
+    set_node_status(kube_api, node, ready=True, gpus=4)
+    listener.onboarding.reconcile()
+    assert fleet.store.require("p-gpus").status is Status.AVAILABLE

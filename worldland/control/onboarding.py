@@ -26,7 +26,7 @@ from worldland.domain.join import (
     join_command,
 )
 from worldland.domain.lifecycle import Status, TransitionError
-from worldland.domain.names import desired_node, node_labels
+from worldland.domain.names import GPU_RESOURCE, desired_node, node_labels
 from worldland.domain.policy import ApprovalMode, ApprovalPolicy
 from worldland.domain.registration import (
     Registration,
@@ -112,6 +112,8 @@ class ReconcileReport:
     joined: list[str] = field(default_factory=list)
     available: list[str] = field(default_factory=list)
     synced: list[str] = field(default_factory=list)  # providers whose node was written
+    # Joined providers not yet Available, and why (node not Ready, fewer GPUs allocatable than registered)
+    waiting: dict[str, str] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
 
 
@@ -471,8 +473,9 @@ class Onboarding:
     def advance_nodes(
         self, report: ReconcileReport | None = None, *, dry_run: bool = False
     ) -> ReconcileReport:
-        """Approved providers whose node exists become Joined; Joined ones whose node is Ready with GPUs
-        allocatable become Available; their labels are applied from the control plane. Shared by the
+        """Approved providers whose node exists become Joined; Joined ones whose node is Ready with as
+        many ``nvidia.com/gpu`` allocatable as the machine registered GPUs (a hard check: fewer is not
+        Available) become Available; their labels are applied from the control plane. Shared by the
         listener's reconcile and the audit. ``dry_run`` reads and reports what would move, writing
         nothing (``worldland audit --dry-run``)."""
         report = report or ReconcileReport()
@@ -514,13 +517,20 @@ class Onboarding:
                 )
             report.joined.append(record.provider_id)
             status = Status.JOINED
-        if status is Status.JOINED and state.ready and state.gpus > 0:
+        ready_for_jobs = state.ready and state.gpus == record.gpu_count
+        if status is Status.JOINED and not ready_for_jobs:
+            report.waiting[record.provider_id] = (
+                "node not Ready"
+                if not state.ready
+                else f"{state.gpus} of {record.gpu_count} GPUs allocatable ({GPU_RESOURCE})"
+            )
+        if status is Status.JOINED and ready_for_jobs:
             if not dry_run:
                 self.store.transition(
                     record.provider_id,
                     Status.AVAILABLE,
                     expected=Status.JOINED,
-                    reason="node ready with GPUs",
+                    reason="node Ready with all its GPUs allocatable",
                 )
             report.available.append(record.provider_id)
             status = Status.AVAILABLE

@@ -26,6 +26,7 @@ LABEL_RENTAL_STATUS = "worldland.io/rental-status"
 LABEL_ACTIVE_JOBS = "worldland.io/active-jobs"
 LABEL_LAST_HEARTBEAT = "worldland.io/last-heartbeat"
 RENTAL_TYPE_GPU = "gpu"
+GPU_RESOURCE = "nvidia.com/gpu"  # the extended resource NVIDIA's device plugin advertises per GPU
 # An Offline provider's node takes no new pods: this taint, removed when it comes back.
 OFFLINE_TAINT_KEY = "worldland.io/offline"
 OFFLINE_TAINT_EFFECT = "NoSchedule"

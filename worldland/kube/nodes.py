@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any, cast
 
-from worldland.domain.names import OFFLINE_TAINT_KEY, is_label_value
+from worldland.domain.names import GPU_RESOURCE, OFFLINE_TAINT_KEY, is_label_value
 from worldland.kube.session import KubeConflict, KubeNotFound, KubeSession
 
 __all__ = [
@@ -41,7 +41,6 @@ __all__ = [
 
 # -- constants -------------------------------------------------------------------------------------------
 
-GPU_RESOURCE = "nvidia.com/gpu"
 
 TAINT_EFFECTS = frozenset({"NoSchedule", "PreferNoSchedule", "NoExecute"})
 

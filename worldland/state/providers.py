@@ -151,6 +151,13 @@ class ProviderRecord:
         return registration
 
     @property
+    def gpu_count(self) -> int:
+        """The GPUs the machine registered (all of them: a device plugin exposes every one)."""
+        spec = self.spec
+        total = spec.get("total_gpus")
+        return int(total) if isinstance(total, int) else len(spec.get("gpus") or [])
+
+    @property
     def spec(self) -> dict[str, Any]:
         spec: dict[str, Any] = self.registration.get("spec", {})
         return spec
