@@ -16,11 +16,44 @@ declare -A wanted=(
   [nsenter]=util-linux
 )
 
+# etcd for the real control plane (testkit/realkube.py): Debian's etcd-server, fetched once into a cache
+# outside the repo and unpacked there with dpkg -x -- never installed, so no etcd service. realkube finds
+# it at <cache>/etcd/root/usr/bin/etcd (and fetches it the same way itself when it is missing).
+fetch_etcd() {
+  local cache="${WORLDLAND_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/worldland}/etcd"
+  [ -x "$cache/root/usr/bin/etcd" ] && return 0
+  command -v apt-get >/dev/null 2>&1 && command -v dpkg >/dev/null 2>&1 || {
+    echo "no apt-get/dpkg: etcd not fetched (the Kubernetes tests fall back to the test server)" >&2
+    return 0
+  }
+  mkdir -p "$cache"
+  local opts=()
+  [ "$(id -u)" -eq 0 ] && opts=(-o APT::Sandbox::User=root)  # root's apt would hand the download to _apt
+  if ! ls "$cache"/etcd-server_*.deb >/dev/null 2>&1; then
+    # a fresh image may have no package lists yet: update them once (as root) and try again
+    (cd "$cache" && apt-get "${opts[@]}" download -q etcd-server) ||
+      { [ "$(id -u)" -eq 0 ] && apt-get update -qq && (cd "$cache" && apt-get "${opts[@]}" download -q etcd-server); } ||
+      { echo "apt-get download etcd-server failed: etcd not fetched" >&2; return 0; }
+  fi
+  local deb tmp
+  deb=$(ls "$cache"/etcd-server_*.deb | tail -n 1)
+  tmp=$(mktemp -d "$cache/.root.XXXXXX")
+  if dpkg -x "$deb" "$tmp"; then
+    rm -rf "$cache/root" && mv "$tmp" "$cache/root" && echo "etcd: $cache/root/usr/bin/etcd ($(basename "$deb"))"
+  else
+    echo "dpkg -x $deb failed: etcd not unpacked" >&2
+  fi
+  rm -rf "$tmp"
+}
+
 missing=()
 for cmd in "${!wanted[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${wanted[$cmd]}")
 done
-[ ${#missing[@]} -eq 0 ] && exit 0
+if [ ${#missing[@]} -eq 0 ]; then
+  fetch_etcd
+  exit 0
+fi
 
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then
@@ -38,3 +71,4 @@ if [ ! -e "$policy" ]; then
 fi
 trap '[ -n "$created_policy" ] && $sudo rm -f "$policy"' EXIT
 $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fetch_etcd

@@ -12,8 +12,9 @@ from testkit.kube_server.fixtures import kube_api, kube_server  # noqa: F401 (fi
 from testkit.redis_server import RedisServer
 from worldland.state.keys import Keys
 
-# The SSH lab's fixtures (lab, lab_pool, lab_gateway): tests/lab/fixtures.py
-pytest_plugins = ["tests.lab.fixtures"]
+# The SSH lab's fixtures (lab, lab_pool, lab_gateway): tests/lab/fixtures.py; the real control plane
+# from ../shared/kube (real_kube; the summary line of which Kubernetes API ran): testkit/realkube_fixtures.py
+pytest_plugins = ["tests.lab.fixtures", "testkit.realkube_fixtures"]
 
 REPO = Path(__file__).resolve().parent.parent
 # Copies of ../shared/protocol/; a test checks they still match when shared/ is beside the repo.

@@ -3,10 +3,13 @@
 Each test runs against two targets:
 
 - ``test-server``: the local Kubernetes API test server (``testkit/kube_server``), always;
-- ``real-cluster``: the cluster that ``$WORLDLAND_TEST_KUBECONFIG`` points to, when it is set
-  (skipped otherwise). The credentials need to create/delete Nodes and Secrets in kube-system.
-  Tests only touch objects with unique names (``wl-contract-...``) and delete them afterwards;
-  the bootstrap tokens they make expire in 15 minutes anyway.
+- ``real-cluster``: the cluster that ``$WORLDLAND_TEST_KUBECONFIG`` points to when it is set, else
+  the real kube-apiserver + controller-manager from ``../shared/kube`` (``real_kube``: one per
+  session, ``testkit/realkube.py``), else skipped with the reason. The run's summary says which
+  (``kube: real-cluster = real kube-apiserver v1.32.13 from ../shared/kube``). The credentials need to
+  create/delete Nodes and Secrets in kube-system. Tests only touch objects with unique names
+  (``wl-contract-...``) and delete them afterwards; the bootstrap tokens they make expire in 15
+  minutes anyway.
 
 A few tests need the test server's fault injection or write log; they say so and are skipped on
 the real cluster.
@@ -33,6 +36,7 @@ from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
 from testkit.kube_server import KubeApiServer
+from testkit.realkube_fixtures import TEST_SERVER, record_kube_target
 from worldland import kube
 from worldland.domain.names import is_label_value, node_labels
 from worldland.kube import (
@@ -136,12 +140,13 @@ def target(request: pytest.FixtureRequest) -> Iterator[Target]:
     server: KubeApiServer | None
     if request.param == "test-server":
         server = request.getfixturevalue("kube_server")
-        kubeconfig = server.kubeconfig_path
-    else:
-        path = os.environ.get(REAL_CLUSTER_ENV)
-        if not path:
-            pytest.skip(f"{REAL_CLUSTER_ENV} is not set: the contract ran against the local test server only")
-        server, kubeconfig = None, Path(path)
+        kubeconfig, description = server.kubeconfig_path, TEST_SERVER
+    elif path := os.environ.get(REAL_CLUSTER_ENV):  # an explicit cluster wins over ../shared/kube
+        server, kubeconfig, description = None, Path(path), f"the cluster of ${REAL_CLUSTER_ENV} ({path})"
+    else:  # skips with the reason where ../shared/kube or etcd cannot be had
+        plane = request.getfixturevalue("real_kube")
+        server, kubeconfig, description = None, plane.kubeconfig, plane.description
+    record_kube_target(request, request.param, description)
     admin_client = k8s_config.new_client_from_config(config_file=str(kubeconfig), persist_config=False)
     t = Target(
         request.param, kubeconfig, KubeClient.from_kubeconfig(kubeconfig), k8s.CoreV1Api(admin_client), server
