@@ -145,12 +145,15 @@ def test_install_writes_modes_is_idempotent_and_dry_run_writes_nothing(tmp_path:
     assert stat.S_IMODE(config.parent.stat().st_mode) == 0o700
     unit = (tmp_path / "units" / UNIT_NAME).read_text()
     assert "ExecStart=/opt/w/bin/worldland-provider --config" in unit and "Restart=on-failure" in unit
-    assert ["systemctl", "enable", "--now", UNIT_NAME] in calls
+    assert calls[-2:] == [["systemctl", "enable", UNIT_NAME], ["systemctl", "restart", UNIT_NAME]]
     calls.clear()
     assert apply(files, dry_run=False, run=run) == []  # nothing differs: nothing written, nothing run
     assert calls == []
     os.chmod(config, 0o644)
     assert apply(files, dry_run=False, run=run) == [config]  # a widened mode is put back
+    os.chmod(config.parent, 0o755)  # noqa: S103 - widened on purpose: install must narrow it again
+    assert apply(files, dry_run=False, run=run) == [config]  # and a widened directory
+    assert stat.S_IMODE(config.parent.stat().st_mode) == 0o700
 
 
 def test_backoff_is_capped_and_jittered():

@@ -72,12 +72,18 @@ def plan(
 
 
 def apply(files: list[PlannedFile], *, dry_run: bool, run: Run = subprocess.run) -> list[Path]:
-    """Write what differs (and enable and start the unit when it changed); returns what changed."""
-    changed = [f for f in files if f.differs()]
+    """Write what differs, then (when anything did) enable the unit and restart it so the new config and
+    unit take effect; returns what changed. A secret file's directory is kept at 0700."""
+    changed = [
+        f for f in files if f.differs() or (f.mode == 0o600 and _mode(f.path.parent) not in (None, 0o700))
+    ]
     if dry_run:
         return [f.path for f in changed]
     for planned in changed:
-        planned.path.parent.mkdir(mode=0o700 if planned.mode == 0o600 else 0o755, parents=True, exist_ok=True)
+        private = planned.mode == 0o600
+        planned.path.parent.mkdir(mode=0o700 if private else 0o755, parents=True, exist_ok=True)
+        if private:
+            os.chmod(planned.path.parent, 0o700)
         tmp = planned.path.with_name(planned.path.name + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, planned.mode)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
@@ -85,8 +91,17 @@ def apply(files: list[PlannedFile], *, dry_run: bool, run: Run = subprocess.run)
         os.chmod(tmp, planned.mode)
         os.replace(tmp, planned.path)
     if changed:
-        for args in (["systemctl", "daemon-reload"], ["systemctl", "enable", "--now", UNIT_NAME]):
+        for args in (
+            ["systemctl", "daemon-reload"],
+            ["systemctl", "enable", UNIT_NAME],
+            ["systemctl", "restart", UNIT_NAME],  # starts it when stopped
+        ):
             run(args, check=True, capture_output=True, text=True, timeout=60)
-        if any(f.path.name != UNIT_NAME for f in changed):
-            run(["systemctl", "restart", UNIT_NAME], check=True, capture_output=True, text=True, timeout=60)
     return [f.path for f in changed]
+
+
+def _mode(path: Path) -> int | None:
+    try:
+        return path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        return None

@@ -5,6 +5,12 @@ A unit exists when the host's config lists it (``known_units``) or its unit file
 file per host; every invocation is logged (``command: systemctl``) in the host's stand-in log.
 Exit statuses follow systemctl: ``is-active`` 0/3, ``is-enabled`` 0/1, ``status`` 0/3/4, a missing
 unit on start 5.
+
+A unit whose file the host itself wrote to its ``/etc/systemd/system`` with an ``ExecStart=`` runs for
+real (``_services.py``): ``start``, ``enable --now`` and ``restart`` start its command in the background
+(output in ``/var/log/worldland/<unit>.log``, PID and start time in the state file), ``stop``,
+``restart`` and ``disable --now`` stop it (SIGTERM, then SIGKILL), and it is active while that process
+lives. Every other unit is recorded only.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import sys
 import time
 from typing import Any
 
+import _services
 from _common import config, log, units
 
 UNIT_DIRS = ("/etc/systemd/system", "/run/systemd/system", "/lib/systemd/system", "/usr/lib/systemd/system")
@@ -107,6 +114,7 @@ def main(argv: list[str]) -> int:
     out: list[str] = []
     rc = 0
     with units(cfg) as state:
+        _services.refresh(state)
         if verb in ("daemon-reload", "daemon-reexec", "reset-failed"):
             state.setdefault("_daemon", {})[verb] = state.get("_daemon", {}).get(verb, 0) + 1
         elif verb == "list-units":
@@ -144,10 +152,25 @@ def main(argv: list[str]) -> int:
                 if verb in ("enable", "disable"):
                     unit["enabled"] = verb == "enable"
                 starting = verb in ("start", "restart", "reload-or-restart") or (verb == "enable" and now)
-                if starting and (not unit.get("active") or verb != "start"):
+                stopping = verb == "stop" or (verb == "disable" and now)
+                service = _services.service_of(cfg, name) if starting or stopping else None
+                if service is not None and starting:
+                    restarting = verb in ("restart", "reload-or-restart")
+                    if restarting or not unit.get("active"):  # start / enable --now: no-op while running
+                        _services.stop(unit)
+                        try:
+                            unit.update(_services.start(name, service))
+                        except OSError as exc:
+                            unit["active"] = False
+                            sys.stderr.write(f"Failed to start {name}: {service.argv[0]}: {exc.strerror}\n")
+                            return 1
+                        unit.update(active=True, since=time.time())
+                        unit["starts"] = unit.get("starts", 0) + 1
+                elif starting and (not unit.get("active") or verb != "start"):
                     unit.update(active=True, since=time.time(), pid=40000 + len(state) * 10)
                     unit["starts"] = unit.get("starts", 0) + 1
-                if verb == "stop" or (verb == "disable" and now):
+                if stopping:
+                    _services.stop(unit)
                     unit["active"] = False
         elif verb in ("mask", "unmask"):
             for name in names:
