@@ -495,3 +495,21 @@ def test_kubeadm_stand_in_against_the_kubernetes_api_test_server(lab) -> None:
             assert joined.returncode == 0, joined.stderr
             node = client.node_state(name)
         assert node.exists and node.ready and node.gpus == 8 and node.schedulable_gpus
+
+
+def test_this_machines_own_worldland_dirs_never_show_through_to_a_host(lab) -> None:
+    # Before: /etc/worldland was an empty overlay upper, so this machine's /etc/worldland/provider-id
+    # showed through and every lab host got the same provider id.
+    probe_dir = Path("/etc/worldland")
+    created = not probe_dir.exists()
+    probe = probe_dir / f"lab-leak-probe-{time.time_ns()}"
+    probe_dir.mkdir(exist_ok=True)
+    probe.write_text("this machine's\n")
+    try:
+        view = lab(n=1)
+        assert view.hosts[0].run(f"test ! -e {probe}", check=False).returncode == 0
+        assert view.hosts[0].run("ls -A /etc/worldland").stdout.strip() == ""
+    finally:
+        probe.unlink()
+        if created:
+            probe_dir.rmdir()

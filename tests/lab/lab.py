@@ -809,7 +809,11 @@ class Lab:
             if self.etc_mode == "overlay":
                 (host.dir / "work" / path.lstrip("/")).mkdir(parents=True, exist_ok=True)
         for path in (*BIND_PRIVATE, "/usr/local/sbin"):  # present, empty, on every host (not on this machine)
-            host.private_path(path).mkdir(parents=True, exist_ok=True)
+            private = host.private_path(path)
+            private.mkdir(parents=True, exist_ok=True)
+            if self.etc_mode == "overlay" and path != "/usr/local/sbin":
+                # Opaque: this machine's own /etc/worldland (say) never shows through to a host.
+                os.setxattr(private, "trusted.overlay.opaque", b"y")
         if self.etc_mode == "overlay":
             # root's shell files as on a fresh Debian/Ubuntu machine, not this machine's (pyenv, cargo, ...):
             # the hosts' PATH is sshd's default for root, and a session does not pay for this machine's rc
