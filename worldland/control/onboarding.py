@@ -117,6 +117,19 @@ class ReconcileReport:
     errors: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class AdvanceResult:
+    provider_id: str
+    before: Status
+    after: Status
+    node_written: bool
+    waiting: str | None  # why a Joined provider is not Available yet
+
+    @property
+    def changed(self) -> bool:
+        return self.before is not self.after or self.node_written
+
+
 def readable_identity(raw: str | bytes | None) -> tuple[str | None, str | None]:
     """The provider id and wallet of a message that failed validation, where they can be read safely."""
     if raw is None or len(raw) > MAX_READABLE_ID_PROBE:
@@ -499,6 +512,31 @@ class Onboarding:
             except Exception as err:  # one node's API failure must not stop the pass
                 report.errors.append(f"{record.provider_id}: {type(err).__name__}: {err}")
         return report
+
+    def advance_provider(self, provider_id: str) -> AdvanceResult:
+        """``advance_nodes`` for one provider (after its join, from a playbook): Approved -> Joined ->
+        Available as its node allows, and the node's labels and taint brought in line. Raises
+        ``JoinUnavailable`` when there is no cluster, the provider is not in a state with a node to
+        come, or its node does not exist."""
+        if self.cluster is None:
+            raise JoinUnavailable("no Kubernetes access configured")
+        record = self.store.require(provider_id)
+        if record.status not in (Status.APPROVED, Status.JOINED, Status.AVAILABLE):
+            raise JoinUnavailable(f"provider {provider_id!r} is {record.status}: no node to advance")
+        state = self.cluster.node_state(record.node_name)
+        if not state.exists:
+            raise JoinUnavailable(f"node {record.node_name!r} of provider {provider_id!r} does not exist")
+        beat = self.fleet.heartbeats.last_beats([provider_id])[provider_id]
+        report = ReconcileReport()
+        self._advance(record, state, beat, report)
+        after = self.store.require(provider_id).status
+        return AdvanceResult(
+            provider_id=provider_id,
+            before=record.status,
+            after=after,
+            node_written=provider_id in report.synced,
+            waiting=report.waiting.get(provider_id),
+        )
 
     def _advance(
         self,
