@@ -196,8 +196,12 @@ def send_response(
     """
     stream = names.response(provider_id)
     groups = tuple(groups)
+    creating = client.pipeline(transaction=False)  # all groups in one round trip; existing ones stay
     for group in groups:
-        ensure_group(client, stream, group, "0")
+        creating.xgroup_create(stream, group, id="0", mkstream=True)
+    for reply in creating.execute(raise_on_error=False):
+        if isinstance(reply, redis.ResponseError) and "BUSYGROUP" not in str(reply):
+            raise reply
     pipe = client.pipeline(transaction=True)
     for group in groups:
         pipe.xgroup_setid(stream, group, "$")
