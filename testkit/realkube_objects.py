@@ -22,7 +22,7 @@ import yaml
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
-from testkit.realkube_pki import cluster_info_kubeconfig
+from testkit.kube_server.certs import cluster_info_kubeconfig
 
 NODE_TOKEN_GROUP = "system:bootstrappers:kubeadm:default-node-token"
 NODES_GROUP = "system:nodes"

@@ -9,7 +9,6 @@ certificate (``system:kube-controller-manager``, which the bootstrap RBAC policy
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import hashlib
 import ipaddress
@@ -23,6 +22,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+# Kubeconfig data encoded as the Kubernetes API test server encodes it (one helper for both in testkit).
+from testkit.kube_server.certs import b64
 
 SERVICE_IP = "10.96.0.1"  # first address of --service-cluster-ip-range=10.96.0.0/16: the `kubernetes` Service
 SERVING_DNS_NAMES = (
@@ -197,10 +199,6 @@ def make_pki(directory: Path, serving_addresses: Iterable[str] = ("127.0.0.1",),
     return Pki(directory)
 
 
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
 def client_kubeconfig(pki: Pki, server: str, user: str) -> str:
     """A kubeconfig for client certificate ``user`` (``admin``, ``kcm``) with everything embedded."""
     doc = {
@@ -209,15 +207,15 @@ def client_kubeconfig(pki: Pki, server: str, user: str) -> str:
         "clusters": [
             {
                 "name": CLUSTER_NAME,
-                "cluster": {"server": server, "certificate-authority-data": _b64(pki.ca_pem)},
+                "cluster": {"server": server, "certificate-authority-data": b64(pki.ca_pem)},
             }
         ],
         "users": [
             {
                 "name": user,
                 "user": {
-                    "client-certificate-data": _b64((pki.dir / f"{user}.crt").read_bytes()),
-                    "client-key-data": _b64((pki.dir / f"{user}.key").read_bytes()),
+                    "client-certificate-data": b64((pki.dir / f"{user}.crt").read_bytes()),
+                    "client-key-data": b64((pki.dir / f"{user}.key").read_bytes()),
                 },
             }
         ],
@@ -232,17 +230,3 @@ def write_private(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     _write(path, text.encode(), private=True)
     return path
-
-
-def cluster_info_kubeconfig(server: str, ca_pem: bytes) -> str:
-    """``data.kubeconfig`` of ``kube-public/cluster-info`` as kubeadm writes it (no users)."""
-    doc = {
-        "apiVersion": "v1",
-        "clusters": [{"cluster": {"certificate-authority-data": _b64(ca_pem), "server": server}, "name": ""}],
-        "contexts": None,
-        "current-context": "",
-        "kind": "Config",
-        "preferences": {},
-        "users": None,
-    }
-    return yaml.safe_dump(doc, sort_keys=False)
