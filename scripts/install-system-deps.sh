@@ -14,6 +14,9 @@ declare -A wanted=(
   [ip]=iproute2
   [unshare]=util-linux
   [nsenter]=util-linux
+  # the lab's signed apt repository (tests/lab/aptrepo.py): dpkg-deb/dpkg-scanpackages, and gpg to sign it
+  [dpkg-scanpackages]=dpkg-dev
+  [gpg]=gnupg
 )
 
 # etcd for the real control plane (testkit/realkube.py): Debian's etcd-server, fetched once into a cache
@@ -46,12 +49,57 @@ fetch_etcd() {
   rm -rf "$tmp"
 }
 
+# Debian's packages for the lab's apt repository (tests/lab/aptrepo.py): containerd, runc,
+# containernetworking-plugins, iptables and those of their dependencies this machine lacks (the lab hosts
+# start with its dpkg status), fetched once into <cache>/debs -- never installed. aptrepo.py fetches the
+# same way when they are missing (and follows only one alternative of a dependency; this takes all).
+fetch_lab_debs() {
+  local cache="${WORLDLAND_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/worldland}/debs"
+  local names=(containerd runc containernetworking-plugins iptables)
+  command -v apt-get >/dev/null 2>&1 && command -v apt-cache >/dev/null 2>&1 &&
+    command -v dpkg-query >/dev/null 2>&1 || {
+    echo "no apt-get/apt-cache/dpkg-query: lab repository packages not fetched" >&2
+    return 0
+  }
+  mkdir -p "$cache"
+  exec 9>"$cache/.lock"  # the lock aptrepo.py takes too (parallel pytest workers)
+  command -v flock >/dev/null 2>&1 && flock 9
+  local opts=()
+  [ "$(id -u)" -eq 0 ] && opts=(-o APT::Sandbox::User=root)
+  closure() {
+    apt-cache depends --recurse --no-recommends --no-suggests --no-conflicts --no-breaks --no-replaces \
+      --no-enhances "${names[@]}" | grep -v '^[ <]' | sed 's/:.*//' | sort -u
+  }
+  local all
+  all=$(closure 2>/dev/null) && [ -n "$all" ] ||
+    { [ "$(id -u)" -eq 0 ] && apt-get update -qq && all=$(closure); } ||
+    { echo "apt-cache depends failed: lab repository packages not fetched" >&2; return 0; }
+  local fetch=() pkg
+  for pkg in $all; do
+    case " ${names[*]} " in
+      *" $pkg "*) ;;  # the packages themselves, installed here or not
+      *) dpkg-query -W -f='${db:Status-Abbrev}' "$pkg" 2>/dev/null | grep -q '^.i' && continue ;;
+    esac
+    ls "$cache/${pkg}"_*.deb >/dev/null 2>&1 || fetch+=("$pkg")
+  done
+  [ ${#fetch[@]} -eq 0 ] && return 0
+  local tmp
+  tmp=$(mktemp -d "$cache/.partial.XXXXXX")
+  if (cd "$tmp" && apt-get "${opts[@]}" download -q "${fetch[@]}"); then
+    mv "$tmp"/*.deb "$cache"/ && echo "lab repository packages: ${fetch[*]} in $cache"
+  else
+    echo "apt-get download ${fetch[*]} failed: lab repository packages not fetched" >&2
+  fi
+  rm -rf "$tmp"
+}
+
 missing=()
 for cmd in "${!wanted[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${wanted[$cmd]}")
 done
 if [ ${#missing[@]} -eq 0 ]; then
   fetch_etcd
+  fetch_lab_debs
   exit 0
 fi
 
@@ -72,3 +120,4 @@ fi
 trap '[ -n "$created_policy" ] && $sudo rm -f "$policy"' EXIT
 $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fetch_etcd
+fetch_lab_debs

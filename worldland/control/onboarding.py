@@ -25,7 +25,7 @@ from worldland.domain.join import (
     checked_join_values,
     join_command,
 )
-from worldland.domain.lifecycle import Status, TransitionError
+from worldland.domain.lifecycle import MAX_REASON_CHARS, Status, TransitionError
 from worldland.domain.names import GPU_RESOURCE, desired_node, node_labels
 from worldland.domain.policy import ApprovalMode, ApprovalPolicy
 from worldland.domain.registration import (
@@ -529,6 +529,8 @@ class Onboarding:
         beat = self.fleet.heartbeats.last_beats([provider_id])[provider_id]
         report = ReconcileReport()
         self._advance(record, state, beat, report)
+        if record.last_error:
+            self.store.set_error(provider_id, "")  # its node exists: the last failed attempt is over
         after = self.store.require(provider_id).status
         return AdvanceResult(
             provider_id=provider_id,
@@ -537,6 +539,16 @@ class Onboarding:
             node_written=provider_id in report.synced,
             waiting=report.waiting.get(provider_id),
         )
+
+    def record_onboarding_error(self, provider_id: str, message: str) -> str:
+        """Record why onboarding ``provider_id`` failed (shown by ``worldland show``); it stays in its
+        state and is retried by the next run. Returns the message as stored (one line, bounded)."""
+        self.store.require(provider_id)
+        line = " ".join(message.split())
+        if len(line) > MAX_REASON_CHARS:
+            line = line[: MAX_REASON_CHARS - 1] + "…"
+        self.store.set_error(provider_id, line)
+        return line
 
     def _advance(
         self,

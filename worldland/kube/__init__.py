@@ -8,6 +8,7 @@ Split by concern:
 - ``tokens``: bootstrap (join) tokens.
 - ``cluster``: the CA hash and the API endpoint ``kubeadm join`` needs.
 - ``nodes``: node state, labels and taints.
+- ``daemonsets``: applying and deleting a DaemonSet (NVIDIA's device plugin), server-side apply.
 - ``client``: ``KubeClient``, all of them in one object.
 
 Nothing outside this package imports ``kubernetes``. May import ``worldland.protocol`` and
@@ -23,7 +24,7 @@ from worldland.domain.names import (
     LABEL_RENTAL_TYPE,
     RENTAL_TYPE_GPU,
 )
-from worldland.kube import cluster, nodes, session, tokens
+from worldland.kube import cluster, daemonsets, nodes, session, tokens
 from worldland.kube.client import KubeClient
 from worldland.kube.cluster import (
     ApiEndpoint,
@@ -33,6 +34,7 @@ from worldland.kube.cluster import (
     endpoint_from_url,
     parse_endpoint,
 )
+from worldland.kube.daemonsets import APPLY_PATCH, FIELD_MANAGER, DaemonSets
 from worldland.kube.nodes import (
     GPU_RESOURCE,
     NAME_LOOKUP_THRESHOLD,
@@ -65,7 +67,9 @@ from worldland.kube.tokens import (
 from worldland.kube.tokens import _new_token_id_secret as _new_token_id_secret
 
 __all__ = [
+    "APPLY_PATCH",
     "DEFAULT_TOKEN_TTL_S",
+    "FIELD_MANAGER",
     "GPU_RESOURCE",
     "KUBECONFIG_ENV",
     "LABEL_GPU_MODEL",
@@ -85,6 +89,7 @@ __all__ = [
     "BootstrapTokenInfo",
     "BootstrapTokens",
     "ClusterInfo",
+    "DaemonSets",
     "JoinInfo",
     "KubeClient",
     "KubeConflict",
@@ -97,6 +102,7 @@ __all__ = [
     "Taint",
     "ca_cert_hash_from_pem",
     "cluster",
+    "daemonsets",
     "endpoint_from_url",
     "new_bootstrap_token",
     "node_state_from_object",

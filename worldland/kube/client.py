@@ -1,8 +1,8 @@
 """``KubeClient``: the facade over the Kubernetes adapter's parts, what the rest of ``worldland/`` uses.
 
 Its operations live by concern in ``session`` (construction, one API call, errors, redaction),
-``tokens`` (bootstrap tokens), ``cluster`` (CA hash and endpoint) and ``nodes`` (node state,
-labels, taints); this module only puts them together.
+``tokens`` (bootstrap tokens), ``cluster`` (CA hash and endpoint), ``nodes`` (node state,
+labels, taints) and ``daemonsets`` (the device plugin's DaemonSet); this module only puts them together.
 
 May import ``worldland.protocol`` and ``worldland.domain`` only, of the project.
 """
@@ -10,13 +10,14 @@ May import ``worldland.protocol`` and ``worldland.domain`` only, of the project.
 from __future__ import annotations
 
 from worldland.kube.cluster import ClusterInfo
+from worldland.kube.daemonsets import DaemonSets
 from worldland.kube.nodes import Nodes
 from worldland.kube.tokens import BootstrapTokens
 
 __all__ = ["KubeClient"]
 
 
-class KubeClient(BootstrapTokens, ClusterInfo, Nodes):
+class KubeClient(BootstrapTokens, ClusterInfo, Nodes, DaemonSets):
     """The project's Kubernetes operations over one ``kubernetes.client.ApiClient``. Thread-safe.
 
     Build it with ``KubeClient.connect()`` (explicit kubeconfig, ``$WORLDLAND_KUBECONFIG``,

@@ -1,8 +1,8 @@
 """The session under every Kubernetes operation: building the client, one API call, errors, redaction.
 
-Written against the official ``kubernetes`` client only (``CoreV1Api``). Everything else in
-``worldland/`` that needs the cluster goes through ``worldland.kube.KubeClient``; nothing outside
-``worldland/kube/`` imports ``kubernetes``.
+Written against the official ``kubernetes`` client only (``CoreV1Api``; ``AppsV1Api`` in
+``daemonsets``). Everything else in ``worldland/`` that needs the cluster goes through
+``worldland.kube.KubeClient``; nothing outside ``worldland/kube/`` imports ``kubernetes``.
 
 Holds ``KubeSession`` (construction from a kubeconfig, in-cluster or ``connect()``; ``close`` and
 the context manager; ``_call``, ``_list``, ``_error``, ``_redact`` and the credentials they
