@@ -14,8 +14,11 @@ from worldland.cli.common import (
     handles_errors,
     load_policy,
 )
+from worldland.cli.onboard import ANSIBLE_CONFIG_OPTION, KEEP_RUNS_OPTION, RUNS_DIR_OPTION, onboard_settings
 from worldland.control.listener import Listener, ListenerSettings
 from worldland.control.logs import setup_logging
+from worldland.control.onboard_queue import OnboardQueue, RetryPolicy, approved_onboarding
+from worldland.control.onboard_runs import DEFAULT_PLAYBOOK
 from worldland.domain.join import DEFAULT_TOKEN_TTL_S, MAX_TOKEN_TTL_S, MIN_TOKEN_TTL_S
 from worldland.domain.policy import ApprovalPolicy, PolicyError
 from worldland.protocol.streams import AGENT_RESPONSE_GROUPS, DEFAULT_GROUP
@@ -82,6 +85,47 @@ from worldland.state.connection import (
     show_default=True,
     help="Consumer group an agent reads its answers with; created before the first answer (repeatable).",
 )
+@click.option(
+    "--onboard",
+    "onboard_enabled",
+    is_flag=True,
+    help="Run the onboarding playbook (in the background, one run at a time) for providers that become "
+    "Approved.",
+)
+@click.option(
+    "--onboard-inventory",
+    "onboard_inventories",
+    multiple=True,
+    help="With --onboard: inventory for the worldland plugin (repeatable) "
+    "[default: inventory/worldland.yml].",
+)
+@click.option("--onboard-playbook", default=DEFAULT_PLAYBOOK, show_default=True)
+@click.option("--onboard-forks", type=click.IntRange(1, 1000), help="Hosts in parallel [default: Ansible's].")
+@click.option(
+    "--onboard-check-interval",
+    type=click.FloatRange(0.1),
+    default=10.0,
+    show_default=True,
+    help="Seconds between looks for providers an operator approved (policy approvals: at once).",
+)
+@click.option(
+    "--onboard-retry-delay",
+    type=click.FloatRange(0.01),
+    default=5.0,
+    show_default=True,
+    help="Seconds before the first retry of a failed run; doubles per retry.",
+)
+@click.option("--onboard-retry-max-delay", type=click.FloatRange(0.01), default=300.0, show_default=True)
+@click.option(
+    "--onboard-retries",
+    type=click.IntRange(0, 100),
+    default=5,
+    show_default=True,
+    help="Retries of a failed run; then its providers wait for the next approval.",
+)
+@RUNS_DIR_OPTION
+@KEEP_RUNS_OPTION
+@ANSIBLE_CONFIG_OPTION
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")
 @STREAM_NAMESPACE_OPTION
 @click.pass_obj
@@ -103,6 +147,17 @@ def listen(
     agent_groups: tuple[str, ...],
     metrics_port: int,
     metrics_address: str,
+    onboard_enabled: bool,
+    onboard_inventories: tuple[str, ...],
+    onboard_playbook: str,
+    onboard_forks: int | None,
+    onboard_check_interval: float,
+    onboard_retry_delay: float,
+    onboard_retry_max_delay: float,
+    onboard_retries: int,
+    runs_dir: str,
+    keep_runs: int,
+    ansible_config: str | None,
     log_level: str,
     stream_namespace: str,
 ) -> None:
@@ -124,8 +179,28 @@ def listen(
         claim_every_s=claim_interval,
         reconcile_every_s=reconcile_interval,
         max_deliveries=max_deliveries,
+        onboard_check_every_s=onboard_check_interval,
     )
-    listener = Listener(onboarding, settings)
+    queue = None
+    if onboard_enabled:
+        run_settings = onboard_settings(
+            obj,
+            onboard_inventories,
+            onboard_playbook,
+            runs_dir,
+            keep_runs,
+            onboard_forks,
+            ansible_config,
+            kubeconfig,
+        )
+        try:
+            retry = RetryPolicy(
+                onboard_retry_delay, max(onboard_retry_delay, onboard_retry_max_delay), onboard_retries
+            )
+        except ValueError as err:
+            fail(f"--onboard-retry-*: {err}")
+        queue = OnboardQueue(approved_onboarding(onboarding.fleet, run_settings), retry)
+    listener = Listener(onboarding, settings, onboard=queue)
     listener.install_signal_handlers()
     if metrics_port:
         try:
@@ -139,6 +214,7 @@ def listen(
             "consumer": listener.settings.consumer,
             "policy": policy.mode.value,
             "kubernetes": bool(kubeconfig),
+            "onboard": onboard_enabled,
             "redis": redacted(obj.redis_url),
         },
     )

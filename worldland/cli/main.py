@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from worldland.cli import audit, capacity, listen, providers
+from worldland.cli import audit, capacity, listen, onboard, providers
 from worldland.cli.common import (
     Context,
     fail,
@@ -53,6 +53,7 @@ for _command in (
     providers.reject,
     providers.reset,
     listen.listen,
+    onboard.onboard,
     audit.audit,
     capacity.allocate,
     capacity.release,

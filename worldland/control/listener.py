@@ -2,8 +2,11 @@
 
 One loop: claim what crashed consumers left pending, read a batch from the three input streams,
 handle it (heartbeats as one pipelined batch), acknowledge only after the effects are stored, and
-reconcile on an interval. Delivery is at-least-once, so every handler is idempotent. SIGTERM/SIGINT
-finish the batch in hand; an unreachable Redis is retried with capped backoff, never a crash loop.
+reconcile on an interval. With an ``OnboardQueue`` it also hands the providers that became Approved
+(after a batch that approved some, and on an interval for operators' approvals) to the queue, whose
+thread runs the onboarding playbook: the loop never waits for a run. Delivery is at-least-once, so
+every handler is idempotent. SIGTERM/SIGINT finish the batch in hand; an unreachable Redis is retried
+with capped backoff, never a crash loop.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ import redis
 from prometheus_client import start_http_server
 
 from worldland.control.metrics import Metrics
+from worldland.control.onboard_queue import LOGGED_IDS_MAX, OnboardQueue
 from worldland.control.onboarding import Onboarding, Rejected
+from worldland.domain.lifecycle import Status
 from worldland.protocol.messages import MessageError, parse_capacity_update, parse_heartbeat
 from worldland.protocol.streams import DEFAULT_GROUP
 from worldland.protocol.timing import STALE_AFTER_S
@@ -49,6 +54,9 @@ class ListenerSettings:
     # An entry delivered more often than this was never acknowledged: whatever it does to a listener
     # (a crash, a kill), it is dead-lettered instead of being handled again.
     max_deliveries: int = 5
+    # With onboarding: seconds between looks at the Approved providers (``worldland approve`` happens
+    # outside the listener); a batch in which the policy approved someone looks at once.
+    onboard_check_every_s: float = 10.0
 
 
 class Listener:
@@ -58,6 +66,7 @@ class Listener:
         settings: ListenerSettings | None = None,
         metrics: Metrics | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        onboard: OnboardQueue | None = None,
     ) -> None:
         self.onboarding = onboarding
         self.fleet = onboarding.fleet
@@ -73,6 +82,10 @@ class Listener:
         self._next_claim = 0.0
         self._next_reconcile = 0.0
         self._groups_ready = False
+        self.onboard = onboard
+        self._approved: set[str] | None = None  # the Approved ids at the last look (None: no look yet)
+        self._next_approval_look = 0.0
+        self._approvals_in_batch = False
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -91,6 +104,8 @@ class Listener:
         """Loop until stopped (or ``max_batches`` batches, for tests and benchmarks)."""
         backoff = BACKOFF_START_S
         batches = 0
+        if self.onboard is not None:
+            self.onboard.start()
         while not self.stopping and (max_batches is None or batches < max_batches):
             try:
                 self.run_once()
@@ -106,6 +121,8 @@ class Listener:
                 if "NOGROUP" not in str(err):
                     raise
                 self._groups_ready = False
+        if self.onboard is not None:
+            self.onboard.stop()
         log.info("listener stopped", extra={"consumer": self.settings.consumer})
 
     def run_once(self) -> int:
@@ -125,6 +142,8 @@ class Listener:
         if time.monotonic() >= self._next_reconcile:
             self.reconcile()
             self._next_reconcile = time.monotonic() + self.settings.reconcile_every_s
+        if self.onboard is not None:
+            self.watch_approvals()
         return len(entries)
 
     # -- handling ---------------------------------------------------------------------------------
@@ -187,6 +206,8 @@ class Listener:
                 self._dead_letter_failure(entry, err)
                 outcome = "failed"
             self.metrics.registrations.labels(outcome=outcome).inc()
+            if outcome == "approved":
+                self._approvals_in_batch = True
             log.info("registration", extra={"entry_id": entry.entry_id, "outcome": outcome})
 
     def _handle_heartbeats(self, batch: list[Entry]) -> None:
@@ -236,6 +257,26 @@ class Listener:
                 self._dead_letter_failure(entry, err)
                 outcome = "failed"
             self.metrics.capacity_updates.labels(outcome=outcome).inc()
+
+    def watch_approvals(self) -> list[str]:
+        """Hand the providers that became Approved since the last look to the onboard queue (at the first
+        look: every Approved one, so none is forgotten across a restart); returns them. One Redis round
+        trip, when due or after a batch that approved someone; never waits for a run."""
+        now = time.monotonic()
+        if self.onboard is None or (not self._approvals_in_batch and now < self._next_approval_look):
+            return []
+        self._approvals_in_batch = False
+        self._next_approval_look = now + self.settings.onboard_check_every_s
+        approved = set(self.fleet.store.ids([Status.APPROVED]))
+        new = sorted(approved - (self._approved or set()))
+        self._approved = approved  # one that leaves Approved and comes back is onboarded again
+        if new:
+            log.info(
+                "newly approved: queued for onboarding",
+                extra={"providers": new[:LOGGED_IDS_MAX], "count": len(new)},
+            )
+            self.onboard.submit(new)
+        return new
 
     def reconcile(self) -> None:
         report = self.onboarding.reconcile()

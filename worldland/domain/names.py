@@ -202,6 +202,11 @@ def heartbeat_label_value(epoch: float, resolution_s: int) -> str:
     return moment.strftime("%Y%m%dT%H%MZ")
 
 
+def is_node_name(value: object) -> bool:
+    """Whether ``value`` has the form ``node_name`` gives node names (an RFC 1123 label)."""
+    return isinstance(value, str) and bool(_DNS_LABEL_RE.match(value))
+
+
 def node_name(hostname: str, provider_id: str, attempt: int = 0) -> str:
     """A valid Kubernetes node name (RFC 1123 label) for a provider: ``<hostname>-<hash of id>``.
 
