@@ -4,9 +4,9 @@
 A lab host shares this machine's kernel, so loading a module or setting a global sysctl from a host would
 change this machine. These keep the host's kernel state in ``kernel.json`` in the host's directory instead:
 ``modprobe NAME`` adds NAME to it and to the host's ``proc_modules`` file (what roles read in place of
-``/proc/modules``); ``sysctl`` reads and writes keys there, falling back, for reads, to the values this
-machine's ``/proc/sys`` shows the host; a ``net.bridge.*`` key exists only once ``br_netfilter`` is
-loaded, as on a real kernel. ``update-initramfs -u`` records the call. Every invocation is logged.
+``/proc/modules``); ``sysctl`` keeps keys there - except those of the host's own network namespace
+(``net.*`` keys its ``/proc/sys`` has), which it sets for real - and reads fall back to ``/proc/sys``;
+a ``net.bridge.*`` key exists only once ``br_netfilter`` is loaded, as on a real kernel. ``update-initramfs -u`` records the call. Every invocation is logged.
 """
 
 from __future__ import annotations
@@ -57,6 +57,9 @@ def modprobe(cfg: dict[str, Any], args: list[str]) -> int:
 
 
 def _read_key(key: str, state: dict[str, Any]) -> str | None:
+    proc = Path("/proc/sys", key.replace(".", "/"))
+    if key.startswith("net.") and proc.exists():
+        return proc.read_text().strip()
     if key in state["sysctls"]:
         return str(state["sysctls"][key])
     if _needs_module(key, state):
@@ -89,7 +92,11 @@ def sysctl(cfg: dict[str, Any], args: list[str]) -> int:
                       f"(load {module})", file=sys.stderr)  # fmt: skip
                 status = 255
                 continue
-            state["sysctls"][key] = value
+            proc = Path("/proc/sys", key.replace(".", "/"))
+            if key.startswith("net.") and proc.exists():
+                proc.write_text(value + "\n")  # the host's own network namespace: its value to set
+            else:
+                state["sysctls"][key] = value
             print(f"{key} = {value}")
         for key in (w for w in words if "=" not in w):
             value = _read_key(key, state)
