@@ -7,6 +7,11 @@ ask for more hosts, so 25 hosts start once. Each call hands out the first ``n`` 
 host keys) unless ``fresh=False``, configured with ``gpus`` (default: one RTX 4090 each) and with the
 Redis URL / kubeconfig given, and writes an inventory of exactly those hosts.
 
+``kube_lab`` is the same factory for a second session lab in kube mode (``Lab(kube=True)``: hosts that
+install real packages with apt/dpkg and run a real containerd and kubelet; see tests/lab/lab.py), with
+the same ``LabView``; its hosts have ``kubelet_cgroup_root`` and ``pod_cidr``. A session lab cannot
+switch modes, so the two are separate labs (own subnet, names and hosts), each started on first use.
+
 ``lab_gateway`` is the bridge address in the root namespace: a server the hosts must reach (the
 Kubernetes API test server, Redis) has to listen there - the hosts have no route to 127.0.0.1 of this
 machine.
@@ -49,6 +54,11 @@ class LabView:
         return self.lab.gateway
 
     @property
+    def kube(self) -> bool:
+        """Whether the hosts are kube-mode hosts (real packages, containerd, kubelet)."""
+        return self.lab.kube
+
+    @property
     def subnet(self) -> str:
         return self.lab.subnet
 
@@ -76,9 +86,11 @@ class LabView:
 
 
 class LabPool:
-    """The session's lab, started lazily (with no host) and grown on demand."""
+    """The session's lab, started lazily (with no host) and grown on demand (``kube``: in kube mode)."""
 
-    def __init__(self) -> None:
+    def __init__(self, kube: bool = False, **lab_options: Any) -> None:
+        self.kube = kube
+        self.lab_options = lab_options  # more Lab() arguments (device_plugin=...)
         self._lab: Lab | None = None
         self._handed_out: set[str] = set()
 
@@ -90,7 +102,7 @@ class LabPool:
             ]
             if os.geteuid() != 0 or missing:
                 pytest.skip(f"the SSH lab needs root and {', '.join(missing) or 'its tools'} (make install)")
-            self._lab = Lab(hosts=0).start()
+            self._lab = Lab(hosts=0, kube=self.kube, **self.lab_options).start()
         return self._lab
 
     def view(
@@ -151,6 +163,17 @@ def lab_pool() -> Iterator[LabPool]:
 
 
 @pytest.fixture(scope="session")
+def kube_lab_pool() -> Iterator[LabPool]:
+    restore = _sigterm_to_interrupt()
+    pool = LabPool(kube=True)
+    try:
+        yield pool
+    finally:
+        pool.close()
+        restore()
+
+
+@pytest.fixture(scope="session")
 def lab_gateway(lab_pool: LabPool) -> str:
     """Address of the lab bridge on this machine: where servers for the lab's hosts must listen."""
     return lab_pool.lab.gateway
@@ -160,3 +183,9 @@ def lab_gateway(lab_pool: LabPool) -> str:
 def lab(lab_pool: LabPool) -> Callable[..., LabView]:
     """``lab(n=1, gpus=None, fresh=True, kubeconfig=None, redis_url=None, **host_settings) -> LabView``."""
     return lab_pool.view
+
+
+@pytest.fixture
+def kube_lab(kube_lab_pool: LabPool) -> Callable[..., LabView]:
+    """``lab``'s factory for the session's kube-mode lab (real packages, containerd and kubelet)."""
+    return kube_lab_pool.view

@@ -17,6 +17,31 @@ Layout of one lab (slot ``k``, subnet ``10.213.k.0/24`` by default):
   over just those five (``etc_mode="bind"``; absent mount points are created, empty, on this machine).
 - the stand-ins (``nvidia-smi``, ``kubeadm``, ``systemctl``) are wrappers in the host's
   ``/usr/local/sbin``, which comes before ``/usr/sbin``, ``/usr/bin`` and ``/bin`` on root's PATH.
+- every host runs without ``CAP_SYS_MODULE``, ``CAP_SYS_BOOT`` and ``CAP_SYS_TIME`` (``setpriv``): nothing in
+  a host can load a kernel module, reboot or set the clock of this machine.
+
+Kube mode (``Lab(kube=True)``): hosts that install REAL packages and run a real containerd and kubelet.
+
+- overlays on ``/etc``, ``/root``, ``/opt``, ``/usr``, ``/var`` and ``/run`` (overlayfs only): dpkg and apt
+  state start as this machine's installed set, and ``dpkg -i`` / ``apt-get install`` change one host only;
+  none of this machine's apt sources, lists or caches show through (``/etc/apt/sources.list`` empty,
+  ``sources.list.d``, ``/var/lib/apt/lists`` and ``/var/cache/apt`` opaque), and ``/usr/sbin/policy-rc.d``
+  exits 101, so package scripts start no service (Ansible does);
+- ``/var/lib/containerd`` and ``/var/lib/kubelet`` are bind mounts of directories in the host dir (a real
+  filesystem: containerd's overlayfs snapshotter cannot sit on overlayfs), ``/run/containerd`` and
+  ``/run/netns`` are tmpfs;
+- cgroups: ``ip netns exec`` remounts ``/sys``, so this machine's cgroup hierarchies are mounted again in
+  the host, and the kubelet's cgroup root ``/<netns>`` (``LabHost.kubelet_cgroup_root``) is made in each.
+  Teardown kills every process in those cgroups (pods live in network namespaces of their own, so the
+  lab's namespace is not enough to find them) and removes them; it finds them through this machine's own
+  ``/sys/fs/cgroup``, which shows the same hierarchies, even when the lab's process died;
+- ``/proc/sys`` is read-only but for ``net`` (namespaced) and the host name, and the global sysctls the
+  kubelet sets are regular files bound over their ``/proc/sys`` entries: this machine's kernel settings
+  never change;
+- a CNI conflist (bridge ``cni0``, ``10.244.<index>.0/24``), ``/etc/worldland-lab/standin.env`` for the
+  stand-in wrappers that lab-built packages ship, a fake PCI tree from the host's GPU plan under
+  ``/opt/worldland-lab/sys``, and the device-plugin stand-in (``standins/device_plugin.py``, when present)
+  started with the host. The only stand-in wrapper in ``/usr/local/sbin`` is ``systemctl``.
 
 Network safety: before any host starts, the bridge has its address (so the lab subnet is a connected
 route on the bridge) and ``ip route get`` is checked for every host address: the lab refuses to start if
@@ -60,6 +85,54 @@ ROUTE_METRIC = "4242"
 FIRST_HOST = 10  # host i gets .(10 + i)
 MAX_HOSTS = 240
 OVERLAYS = ("/etc", "/root", "/opt", "/usr/local", "/var/lib", "/var/log")
+# /var whole, not just /var/lib and /var/log: apt and package scripts also write /var/cache, /var/backups
+KUBE_OVERLAYS = ("/etc", "/root", "/opt", "/usr", "/var", "/run")
+# host paths bound from real-filesystem directories in the host dir (kube mode)
+KUBE_BINDS = {"/var/lib/containerd": "var-lib-containerd", "/var/lib/kubelet": "var-lib-kubelet"}
+KUBE_TMPFS = ("/run/containerd", "/run/netns")
+# none of this machine's content shows through these in a kube host
+KUBE_OPAQUE = (
+    "/etc/apt/sources.list.d",
+    "/var/lib/apt/lists",
+    "/var/cache/apt",
+    "/etc/cni/net.d",
+    "/var/lib/cni",
+    "/opt/cni",
+    "/etc/worldland-lab",
+    "/opt/worldland-lab",
+)
+# global (not namespaced) sysctls the kubelet sets at start, with the values it wants
+KUBELET_SYSCTLS = {
+    "vm.overcommit_memory": "1",
+    "vm.panic_on_oom": "0",
+    "kernel.panic": "10",
+    "kernel.panic_on_oops": "1",
+    "kernel.keys.root_maxkeys": "1000000",
+    "kernel.keys.root_maxbytes": "25000000",
+}
+PROC_SYS_WRITABLE = ("/proc/sys/net", "/proc/sys/kernel/hostname", "/proc/sys/kernel/domainname")
+DROPPED_CAPS = "-sys_module,-sys_boot,-sys_time"
+CGROUP_BASE = "/sys/fs/cgroup"
+STANDIN_ENV = "/etc/worldland-lab/standin.env"
+CNI_CONFLIST = "/etc/cni/net.d/10-worldland-lab.conflist"
+POD_NETWORK = "10.244.0.0/16"  # host i's pods get 10.244.i.0/24
+PCI_ROOT = "/opt/worldland-lab/sys"  # the host's fake sysfs (a bind of <host dir>/pci)
+PCI_DEVICES = PCI_ROOT + "/bus/pci/devices"
+# PCI device ids of the models in tests/lab/gpus.py (0x0000 for a made-up model)
+PCI_DEVICE_IDS = {
+    "NVIDIA GeForce RTX 4090": 0x2684,
+    "NVIDIA GeForce RTX 3090": 0x2204,
+    "NVIDIA A100-SXM4-80GB": 0x20B2,
+    "NVIDIA A100-SXM4-40GB": 0x20B0,
+    "NVIDIA A100-PCIE-40GB": 0x20F1,
+    "NVIDIA H100 80GB HBM3": 0x2330,
+    "NVIDIA RTX A6000": 0x2230,
+    "NVIDIA A10": 0x2236,
+    "NVIDIA L4": 0x27B8,
+    "Tesla T4": 0x1EB8,
+}
+DEVICE_PLUGIN = Path(__file__).resolve().parent / "standins" / "device_plugin.py"
+DEVICE_PLUGIN_DIR = "/var/lib/kubelet/device-plugins"
 BIND_PRIVATE = (
     "/etc/kubernetes",
     "/etc/containerd",
@@ -72,6 +145,7 @@ STANDIN_DIR = Path(__file__).resolve().parent / "standins"
 SSHD = "/usr/sbin/sshd"
 HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 KNOWN_UNITS = ["containerd.service", "kubelet.service", "ssh.service"]
+KUBE_KNOWN_UNITS = ["ssh.service"]  # in kube mode containerd and kubelet exist once their packages do
 # files and folders a lab creates in its directory (removed at teardown when the lab did not create the dir)
 DIR_ENTRIES = ("hosts", "cp", "id_ed25519", "id_ed25519.pub", "known_hosts", "authorized_keys", "lab.json")
 
@@ -155,6 +229,106 @@ def _zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return True
+
+
+# --- cgroups (kube mode) -------------------------------------------------------------------------------
+
+
+def _unescape_mount_path(path: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), path)
+
+
+def cgroup_hierarchies() -> list[dict[str, Any]]:
+    """This machine's cgroup mounts under /sys/fs/cgroup (mountinfo): path, type, options, root."""
+    found: dict[str, dict[str, Any]] = {}
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        left, _, right = line.partition(" - ")
+        fields, tail = left.split(), right.split()
+        if len(fields) < 5 or len(tail) < 3 or tail[0] not in ("cgroup", "cgroup2"):
+            continue
+        path = _unescape_mount_path(fields[4])
+        if path != CGROUP_BASE and not path.startswith(CGROUP_BASE + "/"):
+            continue
+        options = [o for o in tail[2].split(",") if o not in ("rw", "ro")]
+        found[path] = {"path": path, "type": tail[0], "options": options, "root": fields[3]}
+    return list(found.values())
+
+
+def _cgroup_controllers() -> set[str]:
+    with contextlib.suppress(OSError):
+        lines = Path("/proc/cgroups").read_text().splitlines()[1:]
+        return {line.split()[0] for line in lines if line.strip()}
+    return set()
+
+
+def cgroup_mount_lines(hierarchies: list[dict[str, Any]]) -> list[str]:
+    """Shell lines that mount the same hierarchies again under /sys/fs/cgroup (an empty dir after
+    ``ip netns exec`` remounted /sys): re-attaching an existing hierarchy shows the very same cgroups."""
+    q = shlex.quote
+    base = next((h for h in hierarchies if h["path"] == CGROUP_BASE), None)
+    if base is not None:  # cgroup v2 only
+        opts = ",".join(base["options"]) or "rw"
+        return [f"mount -t {base['type']} -o {q(opts)} cgroup {CGROUP_BASE}"]
+    lines = [f"mount -t tmpfs -o mode=755 {PREFIX}-cgroup {CGROUP_BASE}"]
+    controllers = _cgroup_controllers()
+    for h in sorted(hierarchies, key=lambda h: h["path"]):
+        opts = list(h["options"])
+        if h["type"] == "cgroup" and not controllers.intersection(opts):
+            opts.insert(0, "none")  # a named hierarchy (name=systemd) without controllers
+        lines.append(f"mkdir -p {q(h['path'])}")
+        lines.append(f"mount -t {h['type']} -o {q(','.join(opts) or 'rw')} cgroup {q(h['path'])}")
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(CGROUP_BASE):  # cpu -> cpu,cpuacct and the like
+            if entry.is_symlink():
+                lines.append(f"ln -s {q(os.readlink(entry.path))} {q(entry.path)}")
+    return lines
+
+
+def lab_cgroups(slot: int | None = None, names: Iterable[str] | None = None) -> list[Path]:
+    """Kubelet cgroup roots of lab hosts (``/<netns>`` in each hierarchy), as this machine sees them: of
+    the lab in ``slot`` (None: every lab), only those in ``names`` if given."""
+    wanted = None if names is None else set(names)
+    found = []
+    for h in cgroup_hierarchies():
+        if h["root"] != "/":
+            continue
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(h["path"]):
+                m = _NETNS_RE.match(entry.name)
+                if not m or not entry.is_dir(follow_symlinks=False):
+                    continue
+                if (slot is None or int(m.group(1)) == slot) and (wanted is None or entry.name in wanted):
+                    found.append(Path(entry.path))
+    return found
+
+
+def cgroup_pids(dirs: Iterable[Path]) -> set[int]:
+    """Every process in these cgroups and the cgroups below them."""
+    pids: set[int] = set()
+    for top in dirs:
+        for root, _, _ in os.walk(top):
+            with contextlib.suppress(OSError):
+                pids |= {int(p) for p in Path(root, "cgroup.procs").read_text().split() if p.isdigit()}
+    return pids
+
+
+def remove_cgroups(dirs: Iterable[Path], rounds: int = 10) -> list[Path]:
+    """Kill every process in ``dirs`` (recursively, by PID), then remove them depth-first. Returns the
+    cgroups still there after ``rounds`` tries (busy)."""
+    left = list(dirs)
+    for _ in range(rounds):
+        pids = cgroup_pids(left)
+        if pids:
+            kill_pids(pids)
+        for top in left:
+            for root, _, _ in os.walk(top, topdown=False):
+                with contextlib.suppress(OSError):
+                    os.rmdir(root)
+        left = [d for d in left if d.exists()]
+        if not left:
+            break
+        time.sleep(0.1)
+    return left
 
 
 def route_problems(results: dict[str, list[dict[str, Any]]], bridge: str) -> list[str]:
@@ -257,6 +431,7 @@ def _slots_in_use_on_machine() -> set[int]:
             net = ipaddress.ip_network(route.get("dst", ""), strict=False)
             if str(net).startswith(NET_BASE + "."):
                 slots.add(int(str(net).split(".")[2]))
+    slots |= {int(m.group(1)) for path in lab_cgroups() if (m := _NETNS_RE.match(path.name))}
     return slots
 
 
@@ -300,9 +475,11 @@ def teardown_slot(slot: int, entry: dict[str, Any] | None) -> None:
     if lab_dir is not None:
         close_control_masters(lab_dir / "cp")
     namespaces = [ns for ns in netns_names() if (m := _NETNS_RE.match(ns)) and int(m.group(1)) == slot]
-    pids = {p for ns in namespaces for p in netns_pids(ns)}
+    cgroups = lab_cgroups(slot)  # kube mode: pods are in namespaces of their own, but in these cgroups
+    pids = {p for ns in namespaces for p in netns_pids(ns)} | cgroup_pids(cgroups)
     pids |= {h["pid"] for h in entry.get("hosts", []) if alive(h.get("pid"), h.get("start"))}
     kill_pids(pids)
+    remove_cgroups(cgroups)
     links = [
         link["ifname"]
         for link in ip_json("link", "show")
@@ -377,6 +554,9 @@ def footprint(slot: int, lab_dir: str | Path) -> set[tuple[str, str, int | None]
     for link in ip_json("link", "show"):
         if (m := _LINK_RE.match(link.get("ifname", ""))) and int(m.group(1)) == slot:
             found.add(("link", link["ifname"], link.get("ifindex")))
+    for path in lab_cgroups(slot):
+        with contextlib.suppress(OSError):
+            found.add(("cgroup", str(path), path.stat().st_ino))
     for line in lab_resources()["processes"]:
         if f"{lab_dir}/" in line:
             pid = int(line.split()[0])
@@ -385,7 +565,8 @@ def footprint(slot: int, lab_dir: str | Path) -> set[tuple[str, str, int | None]
 
 
 def lab_resources() -> dict[str, list[str]]:
-    """Every namespace, link, route and sshd/ssh-master process on this machine bearing the lab prefix."""
+    """Every namespace, link, route, kubelet cgroup root and sshd/ssh-master process on this machine
+    bearing the lab prefix."""
     namespaces = [ns for ns in netns_names() if _NETNS_RE.match(ns)]
     links = [link["ifname"] for link in ip_json("link", "show") if _LINK_RE.match(link.get("ifname", ""))]
     procs = []
@@ -395,7 +576,14 @@ def lab_resources() -> dict[str, list[str]]:
             if cmd.startswith(("sshd:", SSHD, "ssh:", "ssh ")) and f"/{PREFIX}" in cmd:
                 procs.append(f"{pid_dir.name} {cmd.strip()}")
     routes = [r["dst"] for r in ip_json("route", "show", "table", "all", "proto", ROUTE_PROTO)]
-    return {"namespaces": namespaces, "links": links, "processes": procs, "routes": routes}
+    cgroups = [str(p) for p in lab_cgroups()]
+    return {
+        "namespaces": namespaces,
+        "links": links,
+        "processes": procs,
+        "routes": routes,
+        "cgroups": cgroups,
+    }
 
 
 # --- hosts ---------------------------------------------------------------------------------------------
@@ -430,8 +618,23 @@ class LabHost:
         return self.dir / "host.json"
 
     def private_path(self, path: str) -> Path:
-        """Where this host's copy of ``path`` lives on this machine (written files only, for overlays)."""
+        """Where this host's copy of ``path`` lives on this machine (written files only, for overlays;
+        in kube mode, /var/lib/containerd and /var/lib/kubelet are whole directories of the host dir)."""
+        if self.lab.kube:
+            for mount, sub in KUBE_BINDS.items():
+                if path == mount or path.startswith(mount + "/"):
+                    return self.dir / sub / path[len(mount) :].lstrip("/")
         return self.dir / "upper" / path.lstrip("/")
+
+    @property
+    def kubelet_cgroup_root(self) -> str | None:
+        """Kube mode: the cgroup the kubelet's ``cgroupRoot`` must name (it exists in every hierarchy)."""
+        return f"/{self.netns}" if self.lab.kube else None
+
+    @property
+    def pod_cidr(self) -> str | None:
+        """Kube mode: the pod addresses of the host's CNI conflist."""
+        return f"10.244.{self.index}.0/24" if self.lab.kube else None
 
     @property
     def inventory_vars(self) -> dict[str, Any]:
@@ -499,6 +702,8 @@ class LabHost:
         if gpus is not None:
             self.gpus = gpus if isinstance(gpus, HostGpus) else HostGpus.parse(gpus)
             cfg.update(gpus=self.gpus.records(self.name), driver=self.gpus.driver)
+            if self.lab.kube:
+                write_pci_tree(self.dir / "pci", cfg["gpus"])
         cfg.update(settings)
         _write_json(self.config_path, cfg)
 
@@ -532,6 +737,25 @@ def _write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def write_pci_tree(root: Path, gpus: list[dict[str, Any]]) -> None:
+    """``<root>/bus/pci/devices/<address>/{vendor,device,class}`` as sysfs has them: one NVIDIA 3D
+    controller per GPU (at its ``pci_bus_id``) and a host bridge that is not NVIDIA's. ``root`` itself
+    stays (it is the source of a bind mount in a running host); what is below it is replaced."""
+    root.mkdir(parents=True, exist_ok=True)
+    for child in root.iterdir():
+        shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+    devices = root / "bus" / "pci" / "devices"
+    entries = {"0000:00:00.0": ("0x8086", "0x29c0", "0x060000")}
+    for gpu in gpus:
+        address = "0000:" + gpu["pci_bus_id"].split(":", 1)[1].lower()
+        entries[address] = ("0x10de", f"0x{PCI_DEVICE_IDS.get(gpu['name'], 0):04x}", "0x030200")
+    for address, (vendor, device, klass) in entries.items():
+        d = devices / address
+        d.mkdir(parents=True)
+        for name, value in (("vendor", vendor), ("device", device), ("class", klass)):
+            (d / name).write_text(value + "\n")
+
+
 # --- the lab -------------------------------------------------------------------------------------------
 
 
@@ -540,7 +764,10 @@ class Lab:
 
     ``dir``: where keys, inventory, host configs and logs go (a fresh temporary directory by default; it
     is removed at teardown unless ``WORLDLAND_LAB_KEEP=1``). ``etc_mode``: ``"auto"`` (overlays when the
-    kernel allows them on ``dir``'s filesystem), ``"overlay"`` or ``"bind"``.
+    kernel allows them on ``dir``'s filesystem), ``"overlay"`` or ``"bind"``. ``kube``: hosts for real
+    packages, containerd and kubelet (module docstring; overlays only). ``device_plugin``: the script
+    a kube host starts with ``--plugin-dir /var/lib/kubelet/device-plugins`` if it exists (default
+    ``standins/device_plugin.py``; None: none).
     """
 
     def __init__(
@@ -550,11 +777,18 @@ class Lab:
         dir: str | Path | None = None,
         etc_mode: str = "auto",
         python: str | None = None,
+        kube: bool = False,
+        device_plugin: str | Path | None = DEVICE_PLUGIN,
     ) -> None:
         if not 0 <= hosts <= MAX_HOSTS:
             raise ValueError(f"hosts must be between 0 and {MAX_HOSTS}")
         if etc_mode not in ("auto", "overlay", "bind"):
             raise ValueError("etc_mode must be auto, overlay or bind")
+        if kube and etc_mode == "bind":
+            raise ValueError("kube mode needs overlays (etc_mode auto or overlay)")
+        self.kube = kube
+        # kube mode: started in each host when the file exists (None: never)
+        self.device_plugin = Path(device_plugin).resolve() if device_plugin else None
         self.initial_hosts = hosts
         self.plan = GpuPlan.parse(gpus)
         self._dir_arg = Path(dir).resolve() if dir else None
@@ -588,6 +822,10 @@ class Lab:
         return f"{NET_BASE}.{self.slot}.{FIRST_HOST + index}"
 
     @property
+    def overlays(self) -> tuple[str, ...]:
+        return KUBE_OVERLAYS if self.kube else OVERLAYS
+
+    @property
     def key(self) -> Path:
         return self.dir / "id_ed25519"
 
@@ -614,11 +852,13 @@ class Lab:
         KeyboardInterrupt) everything made so far is torn down before the exception propagates."""
         if os.geteuid() != 0:
             raise LabError("the lab needs root (network namespaces, mounts)")
-        for tool in ("ip", "unshare", "nsenter", "ssh", "ssh-keygen", SSHD):
+        for tool in ("ip", "unshare", "nsenter", "ssh", "ssh-keygen", "setpriv", SSHD):
             if shutil.which(tool) is None:
                 raise LabError(
                     f"{tool} is missing (make install / scripts/install-system-deps.sh installs it)"
                 )
+        if self.kube:
+            self._check_cgroups()
         t0 = time.monotonic()
         sweep()
         self._claim_slot()
@@ -638,6 +878,16 @@ class Lab:
             raise
         self.timings["start_s"] = time.monotonic() - t0
         return self
+
+    def _check_cgroups(self) -> None:
+        """Kube mode mounts this machine's hierarchies in each host; teardown finds the hosts' cgroups
+        through this machine's own view of them, which must show each hierarchy from its root."""
+        hierarchies = cgroup_hierarchies()
+        if not hierarchies:
+            raise LabError(f"kube mode needs cgroups: nothing is mounted under {CGROUP_BASE}")
+        hidden = [h["path"] for h in hierarchies if h["root"] != "/"]
+        if hidden:
+            raise LabError(f"kube mode: {', '.join(hidden)} show only part of their hierarchy here")
 
     def _atexit_stop(self) -> None:
         if self._running and not self._entry.get("detached"):
@@ -705,9 +955,14 @@ class Lab:
         shutil.copy(self.dir / "id_ed25519.pub", self.dir / "authorized_keys")
         self.known_hosts.write_text("")
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation directory
-        if self.etc_mode == "auto":
-            self.etc_mode = "overlay" if self._overlay_works() else "bind"
+        if self.etc_mode == "auto" or self.kube:
+            works = self._overlay_works()
+            if self.kube and not works:
+                raise LabError(f"kube mode needs overlayfs, which this kernel does not allow on {self.dir}")
+            if self.etc_mode == "auto":
+                self.etc_mode = "overlay" if works else "bind"
         self._entry["etc_mode"] = self.etc_mode
+        self._entry["kube"] = self.kube
         if self.etc_mode == "bind":
             # bind mounts need mount points on this machine: create the absent ones (empty), and record
             # them so that the last bind-mode lab's teardown removes them again
@@ -802,18 +1057,35 @@ class Lab:
 
     def _prepare_host(self, host: LabHost, keep_config: bool = False) -> None:
         """The host's directory: overlay upper/work dirs, hostname, hosts, stand-ins, sshd config."""
-        for sub in ("upper", "work"):
+        for sub in ("upper", "work", *KUBE_BINDS.values(), "sysctl", "pci"):
             shutil.rmtree(host.dir / sub, ignore_errors=True)
-        for path in OVERLAYS if self.etc_mode == "overlay" else (*BIND_PRIVATE, "/usr/local/sbin"):
+        upper = host.dir / "upper"
+        for path in self.overlays if self.etc_mode == "overlay" else (*BIND_PRIVATE, "/usr/local/sbin"):
             host.private_path(path).mkdir(parents=True, exist_ok=True)
             if self.etc_mode == "overlay":
                 (host.dir / "work" / path.lstrip("/")).mkdir(parents=True, exist_ok=True)
-        for path in (*BIND_PRIVATE, "/usr/local/sbin"):  # present, empty, on every host (not on this machine)
-            private = host.private_path(path)
+        opaque = (*BIND_PRIVATE, *KUBE_OPAQUE) if self.kube else BIND_PRIVATE
+        for path in (*opaque, "/usr/local/sbin"):  # present, empty, on every host (not on this machine)
+            private = upper / path.lstrip("/") if self.etc_mode == "overlay" else host.private_path(path)
             private.mkdir(parents=True, exist_ok=True)
             if self.etc_mode == "overlay" and path != "/usr/local/sbin":
                 # Opaque: this machine's own /etc/worldland (say) never shows through to a host.
                 os.setxattr(private, "trusted.overlay.opaque", b"y")
+        if self.kube:
+            self._prepare_kube_host(host)
+        if self.etc_mode == "overlay":
+            # for the stand-in wrappers that lab-built packages ship (they source it with set -a)
+            env = {
+                "WORLDLAND_LAB_HOST_CONFIG": str(host.config_path),
+                "WORLDLAND_LAB_PYTHON": self.python,
+                "WORLDLAND_LAB_STANDINS": str(STANDIN_DIR),
+            }
+            standin_env = upper / STANDIN_ENV.lstrip("/")
+            standin_env.parent.mkdir(parents=True, exist_ok=True)
+            standin_env.write_text(
+                "# worldland lab (tests/lab): where this host's stand-ins find their settings\n"
+                + "".join(f"{k}={shlex.quote(v)}\n" for k, v in env.items())
+            )
         if self.etc_mode == "overlay":
             # root's shell files as on a fresh Debian/Ubuntu machine, not this machine's (pyenv, cargo, ...):
             # the hosts' PATH is sshd's default for root, and a session does not pay for this machine's rc
@@ -830,7 +1102,9 @@ class Lab:
             f"127.0.0.1\tlocalhost\n{host.address}\t{host.name}\n{self.gateway}\tworldland-lab-gateway\n"
             "::1\tlocalhost ip6-localhost ip6-loopback\n"
         )
-        for command, script in STANDINS.items():
+        # kube mode: real packages bring kubeadm (and lab-built ones nvidia-smi) into /usr/bin
+        standins = {"systemctl": STANDINS["systemctl"]} if self.kube else STANDINS
+        for command, script in standins.items():
             wrapper = host.private_path(f"/usr/local/sbin/{command}")
             wrapper.write_text(
                 "#!/bin/sh\n"
@@ -867,7 +1141,57 @@ class Lab:
         ]
         (host.dir / "sshd_config").write_text("\n".join(sshd_config) + "\n")
 
+    def _prepare_kube_host(self, host: LabHost) -> None:
+        """What a kube host has beyond the overlays: mount points, apt without this machine's sources,
+        policy-rc.d, the sysctl files, the PCI tree and the CNI conflist."""
+        upper = host.dir / "upper"
+        for sub in KUBE_BINDS.values():
+            (host.dir / sub).mkdir()
+        for path in (*KUBE_BINDS, *KUBE_TMPFS, PCI_ROOT):
+            (upper / path.lstrip("/")).mkdir(parents=True, exist_ok=True)  # mount points
+        (upper / "etc/apt").mkdir(parents=True, exist_ok=True)
+        (upper / "etc/apt/sources.list").write_text("")
+        for path in ("var/lib/apt/lists/partial", "var/cache/apt/archives/partial"):
+            (upper / path).mkdir(parents=True, exist_ok=True)
+        policy = upper / "usr/sbin/policy-rc.d"
+        policy.parent.mkdir(parents=True, exist_ok=True)
+        policy.write_text(
+            "#!/bin/sh\n# worldland lab host: package scripts start no service (Ansible does)\nexit 101\n"
+        )
+        policy.chmod(0o755)
+        (host.dir / "sysctl").mkdir()
+        for key, value in KUBELET_SYSCTLS.items():
+            (host.dir / "sysctl" / key).write_text(value + "\n")
+        write_pci_tree(host.dir / "pci", host.gpus.records(host.name))
+        # Stands in for the cluster's CNI DaemonSet (flannel, calico, ...), which would write a conflist
+        # like this on a real node: without one the node never turns Ready.
+        conflist = {
+            "cniVersion": "0.4.0",
+            "name": "worldland-lab",
+            "plugins": [
+                {
+                    "type": "bridge",
+                    "bridge": "cni0",
+                    "isGateway": True,
+                    "ipMasq": False,
+                    "ipam": {
+                        "type": "host-local",
+                        "ranges": [[{"subnet": host.pod_cidr}]],
+                        "routes": [{"dst": "0.0.0.0/0"}],
+                    },
+                }
+            ],
+        }
+        (upper / CNI_CONFLIST.lstrip("/")).write_text(json.dumps(conflist, indent=2) + "\n")
+
     def _host_config(self, host: LabHost) -> dict[str, Any]:
+        kube = {
+            "kubelet_cgroup_root": host.kubelet_cgroup_root,
+            "pci_devices_dir": PCI_DEVICES,
+            "pod_cidr": host.pod_cidr,
+            "cni_conflist": CNI_CONFLIST,
+            "device_plugin_dir": DEVICE_PLUGIN_DIR,
+        }
         return {
             "name": host.name,
             "address": host.address,
@@ -879,17 +1203,20 @@ class Lab:
             "kubernetes_version": "v1.31.4",
             "cpu_cores": 16,
             "memory_mb": 65536,
-            "known_units": list(KNOWN_UNITS),
+            "known_units": list(KUBE_KNOWN_UNITS if self.kube else KNOWN_UNITS),
             "units_state": str(host.dir / "units.json"),
             "standin_log": str(host.dir / "standin.log"),
+            "upper_dir": str(host.dir / "upper"),
+            "lab_mode": "kube" if self.kube else "standins",
+            "standin_env": STANDIN_ENV if self.etc_mode == "overlay" else None,
             "kube": {k: v for k, v in self.attached.items() if k == "kubeconfig"},
             "redis_url": self.attached.get("redis_url"),
-        }
+        } | (kube if self.kube else {})
 
     def _mount_script(self, host: LabHost) -> str:
         lines = ["set -e"]
         if self.etc_mode == "overlay":
-            for path in OVERLAYS:
+            for path in self.overlays:
                 if not os.path.isdir(path):
                     continue
                 rel = path.lstrip("/")
@@ -902,12 +1229,63 @@ class Lab:
                 lines.append(f"mount --bind {shlex.quote(str(host.private_path(path)))} {path}")
             for path in ("/etc/hostname", "/etc/hosts"):
                 lines.append(f"mount --bind {shlex.quote(str(host.private_path(path)))} {path}")
+        if self.kube:
+            lines += self._kube_mount_lines(host)
         lines.append(f"echo {host.name} > /proc/sys/kernel/hostname")
+        if self.kube and self.device_plugin is not None and self.device_plugin.is_file():
+            lines += self._device_plugin_lines(host)
         lines.append(f"exec {SSHD} -D -e -f {shlex.quote(str(host.dir / 'sshd_config'))}")
         return "\n".join(lines)
 
+    def _kube_mount_lines(self, host: LabHost) -> list[str]:
+        q = shlex.quote
+        lines = [f"mount --bind {q(str(host.dir / sub))} {path}" for path, sub in KUBE_BINDS.items()]
+        lines += [
+            f"mount -t tmpfs -o mode=0755 {PREFIX}-{p.strip('/').replace('/', '-')} {p}" for p in KUBE_TMPFS
+        ]
+        lines.append(f"mount --bind {q(str(host.dir / 'pci'))} {PCI_ROOT}")
+        # Pods have no masquerading (ipMasq false): a reply to a pod address would leave this machine
+        # through its default route. So pods reach nothing beyond their host (local delivery comes first).
+        lines.append("ip rule del priority 100 2>/dev/null || :")  # the netns outlives a host restart
+        lines.append(f"ip rule add from {POD_NETWORK} iif cni0 priority 100 unreachable")
+        hierarchies = cgroup_hierarchies()
+        lines += cgroup_mount_lines(hierarchies)
+        root = host.kubelet_cgroup_root
+        for h in hierarchies:
+            lines.append(f"mkdir -p {q(h['path'] + root)}")
+            if h["type"] == "cgroup" and "cpuset" in h["options"]:  # an empty cpuset admits no process
+                for name in ("cpuset.cpus", "cpuset.mems"):
+                    lines.append(f"cat {q(h['path'])}/{name} > {q(h['path'] + root)}/{name}")
+        # /proc/sys read-only but for what is this host's own; the kubelet's global sysctls are files
+        lines += ["mount --bind /proc/sys /proc/sys", "mount -o remount,bind,ro /proc/sys"]
+        for path in PROC_SYS_WRITABLE:
+            lines += [f"mount --bind {path} {path}", f"mount -o remount,bind,rw {path}"]
+        for key in KUBELET_SYSCTLS:
+            lines.append(
+                f"mount --bind {q(str(host.dir / 'sysctl' / key))} /proc/sys/{key.replace('.', '/')}"
+            )
+        return lines
+
+    def _device_plugin_lines(self, host: LabHost) -> list[str]:
+        """The device-plugin stand-in, in the host's namespaces (so teardown by namespace ends it)."""
+        q = shlex.quote
+        env = [
+            "PATH=" + HOST_PATH,
+            "HOME=/root",
+            "LANG=C.UTF-8",
+            f"WORLDLAND_LAB_HOST_CONFIG={host.config_path}",
+        ]
+        argv = [self.python, str(self.device_plugin), "--plugin-dir", DEVICE_PLUGIN_DIR]
+        log = host.dir / "device-plugin.log"
+        command = f"env -i {' '.join(q(e) for e in env)} {shlex.join(argv)}"
+        return [
+            f"setsid {command} >> {q(str(log))} 2>&1 < /dev/null &",
+            f"echo $! > {q(str(host.dir / 'device-plugin.pid'))}",
+        ]
+
     def _start_sshd(self, host: LabHost) -> None:
         argv = ["ip", "netns", "exec", host.netns, "unshare", "--mount", "--uts", "--propagation", "private",
+                "setpriv", "--bounding-set", DROPPED_CAPS,
                 "/bin/sh", "-c", self._mount_script(host)]  # fmt: skip
         with open(host.dir / "sshd.log", "ab") as logf:
             proc = subprocess.Popen(
@@ -950,7 +1328,9 @@ class Lab:
         for host in hosts:
             subprocess.run([*host.ssh_argv()[:-1], "-O", "exit", f"root@{host.address}"], capture_output=True,
                            timeout=10, check=False)  # fmt: skip
-        kill_pids({p for h in hosts for p in netns_pids(h.netns)})
+        cgroups = lab_cgroups(self.slot, [h.netns for h in hosts]) if self.kube else []
+        kill_pids({p for h in hosts for p in netns_pids(h.netns)} | cgroup_pids(cgroups))
+        remove_cgroups(cgroups)
         for host in hosts:
             self._procs.pop(host.pid, None)
             self._prepare_host(host, keep_config=keep_config)
@@ -998,6 +1378,7 @@ class Lab:
             "gateway": self.gateway,
             "subnet": self.subnet,
             "etc_mode": self.etc_mode,
+            "kube": self.kube,
             "python": self.python,
             "inventory": str(self.inventory),
             "key": str(self.key),
@@ -1017,7 +1398,13 @@ class Lab:
             state = json.loads((dir / "lab.json").read_text())
         except OSError:
             raise LabError(f"no lab in {dir}") from None
-        lab = cls(hosts=0, dir=dir, etc_mode=state["etc_mode"], python=state["python"])
+        lab = cls(
+            hosts=0,
+            dir=dir,
+            etc_mode=state["etc_mode"],
+            python=state["python"],
+            kube=state.get("kube", False),
+        )
         lab.slot, lab.dir, lab.attached = state["slot"], dir, state.get("attached", {})
         entry = _read_entry(lab.slot)
         if entry is None or entry.get("dir") != str(dir):  # that lab is gone; its slot may be another's now
@@ -1064,7 +1451,7 @@ class Lab:
 
     def summary(self) -> str:
         if self.etc_mode == "overlay":
-            private = "overlays on " + ", ".join(OVERLAYS)
+            private = "overlays on " + ", ".join(self.overlays)
         else:
             private = "bind mounts on " + ", ".join(BIND_PRIVATE)
         lines = [
@@ -1074,6 +1461,10 @@ class Lab:
             f"  ssh        ssh -F /dev/null -i {self.key} -o UserKnownHostsFile={self.known_hosts} root@ADDR",
             f"  private    {private}",
         ]
+        if self.kube:
+            lines.append(
+                "  mode       kube: real packages, containerd and kubelet (cgroup root /<netns> per host)"
+            )
         up = self.is_up()
         for h in self.hosts:
             lines.append(

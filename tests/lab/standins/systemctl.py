@@ -1,20 +1,24 @@
 """systemctl stand-in: records unit actions and answers like systemd would for them.
 
-A unit exists when the host's config lists it (``known_units``) or its unit file is in the host's
-``/etc/systemd/system`` or in ``/lib/systemd/system``. State (active, enabled, masked) lives in a JSON
-file per host; every invocation is logged (``command: systemctl``) in the host's stand-in log.
-Exit statuses follow systemctl: ``is-active`` 0/3, ``is-enabled`` 0/1, ``status`` 0/3/4, a missing
-unit on start 5.
+A unit exists when the host's config lists it (``known_units``) or its unit file is in one of
+systemd's unit directories (``/etc/systemd/system``, ``/run/systemd/system``, ``/usr/lib/systemd/system``,
+``/lib/systemd/system``). State (active, enabled, masked) lives in a JSON file per host; every
+invocation is logged (``command: systemctl``) in the host's stand-in log. Exit statuses follow
+systemctl: ``is-active`` 0/3, ``is-enabled`` 0/1, ``status`` 0/3/4, a missing unit on start 5, a unit
+that failed to start 1.
 
-A unit whose file the host itself wrote to its ``/etc/systemd/system`` with an ``ExecStart=`` runs for
-real (``_services.py``): ``start``, ``enable --now`` and ``restart`` start its command in the background
-(output in ``/var/log/worldland/<unit>.log``, PID and start time in the state file), ``stop``,
-``restart`` and ``disable --now`` stop it (SIGTERM, then SIGKILL), and it is active while that process
-lives. Every other unit is recorded only.
+A unit whose file is the host's own - written by the host to ``/etc/systemd/system``, or installed by a
+package to ``/usr/lib/systemd/system`` - with an ``ExecStart=`` runs for real (``_services.py``: drop-ins,
+``Environment=``, ``EnvironmentFile=``, ``ExecStartPre=``, variable expansion): ``start``,
+``enable --now`` and ``restart`` start its command in the background (output in
+``/var/log/worldland/<unit>.log``, PID and start time in the state file), ``stop``, ``restart`` and
+``disable --now`` stop it (SIGTERM, then SIGKILL), and it is active while that process lives. Every other
+unit is recorded only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -23,7 +27,7 @@ from typing import Any
 import _services
 from _common import config, log, units
 
-UNIT_DIRS = ("/etc/systemd/system", "/run/systemd/system", "/lib/systemd/system", "/usr/lib/systemd/system")
+UNIT_DIRS = _services.UNIT_DIRS
 SUFFIXES = (".service", ".socket", ".target", ".timer", ".mount", ".path", ".slice", ".scope")
 # options that take a value, as separate argument
 VALUE_OPTIONS = {"-p", "--property", "-t", "--type", "--state", "-n", "--lines", "-o", "--output", "-H", "-M"}
@@ -39,9 +43,23 @@ def exists(name: str, cfg: dict[str, Any], state: dict[str, Any]) -> bool:
     return any(os.path.exists(os.path.join(d, name)) for d in UNIT_DIRS)
 
 
+def own_units(cfg: dict[str, Any]) -> set[str]:
+    """Names of the host's own unit files (those the stand-in runs for real)."""
+    names = set()
+    for directory in UNIT_DIRS:
+        with contextlib.suppress(OSError):
+            names |= {
+                entry.name
+                for entry in os.scandir(directory)
+                if entry.name.endswith(SUFFIXES) and _services.is_own(cfg, entry.path)
+            }
+    return names
+
+
 def show(name: str, cfg: dict[str, Any], state: dict[str, Any], props: list[str], value_only: bool) -> str:
     unit = state.get(name, {})
     found = exists(name, cfg, state)
+    own = _services.own_unit_file(cfg, name)
     active = bool(unit.get("active"))
     load = "masked" if unit.get("masked") else ("loaded" if found else "not-found")
     since = unit.get("since", 0)
@@ -58,7 +76,8 @@ def show(name: str, cfg: dict[str, Any], state: dict[str, Any], props: list[str]
         "LoadState": load,
         "ActiveState": "active" if active else "inactive",
         "SubState": ("running" if active else "dead") if found else "dead",
-        "FragmentPath": f"/lib/systemd/system/{name}" if found else "",
+        "FragmentPath": str(own) if own else f"/lib/systemd/system/{name}" if found else "",
+        "DropInPaths": " ".join(str(p) for p in _services.drop_ins(cfg, name)) if own else "",
         "UnitFileState": (
             "masked" if unit.get("masked") else "enabled" if unit.get("enabled") else "disabled"
         )
@@ -123,8 +142,8 @@ def main(argv: list[str]) -> int:
                     out.append(f"  {name:<40} loaded active running {name.rsplit('.', 1)[0]}")
         elif verb == "list-unit-files":
             pattern = names[0].removesuffix(".service").rstrip("*") if names else ""
-            found = [n for n in sorted(set(cfg.get("known_units", [])) | {k for k in state if k[0] != "_"})]
-            found = [n for n in found if n.startswith(pattern)]
+            candidates = set(cfg.get("known_units", [])) | {k for k in state if k[0] != "_"} | own_units(cfg)
+            found = [n for n in sorted(candidates) if n.startswith(pattern)]
             for name in found:
                 out.append(
                     f"{name:<40} {'enabled' if state.get(name, {}).get('enabled') else 'disabled'} enabled"
@@ -153,9 +172,19 @@ def main(argv: list[str]) -> int:
                     unit["enabled"] = verb == "enable"
                 starting = verb in ("start", "restart", "reload-or-restart") or (verb == "enable" and now)
                 stopping = verb == "stop" or (verb == "disable" and now)
-                service = _services.service_of(cfg, name) if starting or stopping else None
+                restarting = verb in ("restart", "reload-or-restart")
+                service = None
+                if starting:
+                    try:
+                        service = _services.service_of(cfg, name)
+                    except _services.ServiceError as exc:  # e.g. a required EnvironmentFile= is missing
+                        if not restarting and unit.get("active"):
+                            continue  # start of a running unit: nothing to do
+                        _services.stop(unit)
+                        unit["active"] = False
+                        sys.stderr.write(f"Job for {name} failed: {exc}\n")
+                        return 1
                 if service is not None and starting:
-                    restarting = verb in ("restart", "reload-or-restart")
                     if restarting or not unit.get("active"):  # start / enable --now: no-op while running
                         _services.stop(unit)
                         try:
@@ -163,6 +192,10 @@ def main(argv: list[str]) -> int:
                         except OSError as exc:
                             unit["active"] = False
                             sys.stderr.write(f"Failed to start {name}: {service.argv[0]}: {exc.strerror}\n")
+                            return 1
+                        except _services.ServiceError as exc:
+                            unit["active"] = False
+                            sys.stderr.write(f"Job for {name} failed: {exc}\n")
                             return 1
                         unit.update(active=True, since=time.time())
                         unit["starts"] = unit.get("starts", 0) + 1

@@ -1,0 +1,94 @@
+"""End to end: three kube-mode lab hosts -> registrations -> the listener approves -> ``worldland onboard``
+(ansible-runner, playbooks/onboard.yml, real SSH) -> real ``kubeadm join`` against the real kube-apiserver of
+``../shared/kube`` -> Joined then Available, with Node objects read back from that apiserver.
+
+What stands in (tests/lab/onboarding.py): the GPUs, the NVIDIA driver and toolkit packages' contents, kernel
+changes that would reach this machine, the cluster's CNI and NVIDIA's device-plugin DaemonSet. Registrations
+are published as the deployed Go agent publishes them (its fields and groups), from this machine: before the
+driver is installed a host has no nvidia-smi for an agent to discover GPUs with.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+from kubernetes import client as k8s
+
+from testkit.realkube import available
+from tests.lab.onboarding import BIN, REPO, OnboardingLab
+from worldland.domain.names import GPU_RESOURCE, LABEL_RENTAL_TYPE, RENTAL_TYPE_GPU
+from worldland.protocol.status import Status
+
+PLAN = ["RTX-4090:2", "A100:1", "H100:2"]
+pytestmark = pytest.mark.timeout(900)
+
+
+@pytest.fixture(scope="module")
+def env() -> Iterator[OnboardingLab]:
+    if os.geteuid() != 0:
+        pytest.skip("the SSH lab needs root")
+    status = available()
+    if not status:
+        pytest.skip(f"no real control plane ({status.reason}): the onboarding e2e needs a real kubeadm join")
+    with OnboardingLab(hosts=3, gpus=PLAN) as lab:
+        yield lab
+
+
+def onboard(env: OnboardingLab, *args: str) -> subprocess.CompletedProcess[str]:
+    argv = [str(BIN / "worldland"), "onboard", "--inventory", str(env.inventory), "--json",
+            "--runs-dir", str(env.lab.dir / "runs"), "--ansible-config", str(REPO / "ansible.cfg"), *args]  # fmt: skip
+    return subprocess.run(argv, cwd=REPO, env=env.env, capture_output=True, text=True, timeout=800, check=False)
+
+
+def statuses(env: OnboardingLab) -> dict[str, tuple[Status, str]]:
+    fleet = env.fleet()
+    out = {}
+    for host in env.lab.hosts:
+        record = fleet.store.require(env.provider_id(host))
+        out[host.name] = (record.status, record.last_error)
+    return out
+
+
+def test_approved_providers_are_joined_and_available_with_labelled_nodes(env: OnboardingLab) -> None:
+    env.register_all()
+    env.approve_all()
+    assert {s for s, _ in statuses(env).values()} == {Status.APPROVED}
+    started = time.monotonic()
+    proc = onboard(env)
+    took = time.monotonic() - started
+    result = json.loads(proc.stdout)
+    assert proc.returncode == 0, (result, proc.stderr[-3000:])
+    assert statuses(env) == {h.name: (Status.AVAILABLE, "") for h in env.lab.hosts}
+    fleet = env.fleet()
+    with env.kube.api_client() as api:
+        core = k8s.CoreV1Api(api)
+        for host in env.lab.hosts:
+            record = fleet.store.require(env.provider_id(host))
+            node = core.read_node(record.node_name)
+            ready = {c.type: c.status for c in node.status.conditions}["Ready"]
+            assert ready == "True", host.name
+            assert node.status.allocatable[GPU_RESOURCE] == str(len(host.gpus.models)), host.name
+            assert node.metadata.labels[LABEL_RENTAL_TYPE] == RENTAL_TYPE_GPU
+            assert any(a.address == host.address for a in node.status.addresses), node.status.addresses
+            assert node.status.node_info.kubelet_version == "v1.32.13"
+            assert node.status.node_info.container_runtime_version.startswith("containerd://")
+            # the join configuration held a token: it is gone, and so is the bootstrap kubeconfig
+            assert host.run("test ! -e /etc/kubernetes/worldland-join.yaml", check=False).returncode == 0
+            assert host.run("dpkg-query -W -f '${db:Status-Abbrev}' kubelet").stdout.startswith("hi")
+    print(f"onboard.yml, 3 hosts, real joins: {took:.1f} s; {result['hosts']}")
+
+
+def test_a_second_run_changes_nothing(env: OnboardingLab) -> None:
+    """The same roles over the now Available hosts: every task finds its work done."""
+    inventory = env.write_inventory(statuses=("available",), name="inventory-available")
+    proc = env.playbook("onboard.yml", "-e", "worldland_onboard_hosts=available", inventory=inventory)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    recap = dict(re.findall(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)", proc.stdout, re.MULTILINE))
+    assert len(recap) == 4, proc.stdout[-2000:]  # localhost and the three hosts
+    assert set(recap.values()) == {"0"}, proc.stdout[-6000:]
