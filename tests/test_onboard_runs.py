@@ -39,7 +39,7 @@ from worldland.cli.main import main
 from worldland.control.listener import Listener
 from worldland.control.logs import JsonFormatter
 from worldland.control.onboard_queue import OnboardQueue, RetryPolicy, approved_onboarding
-from worldland.control.onboard_runs import OnboardSettings, run_onboarding
+from worldland.control.onboard_runs import OnboardResult, OnboardSettings, record_unreachable, run_onboarding
 from worldland.domain.lifecycle import Status
 from worldland.domain.names import canonical_gpu_model
 from worldland.domain.policy import ApprovalMode, ApprovalPolicy
@@ -529,3 +529,23 @@ def test_settings_and_retry_policy_refuse_nonsense(probe: Probe):
     with pytest.raises(ValueError):
         RetryPolicy(first_delay_s=0)
     assert [RetryPolicy(5, 300, 10).delay(n) for n in (1, 2, 3, 7, 8)] == [5, 10, 20, 300, 300]
+
+
+def test_an_unreachable_host_is_recorded_on_its_approved_provider_only(fleet: Fleet, tmp_path: Path) -> None:
+    """An unreachable host gets no rescue in the playbook: the run's result records why on the provider."""
+    approved = put(fleet, "p-gone", Status.APPROVED)
+    available = put(fleet, "p-done", Status.AVAILABLE)
+    result = OnboardResult(
+        run_id="r1",
+        rc=4,
+        status="failed",
+        hosts={},
+        artifacts=tmp_path,
+        unreachable={approved: "ssh: connect to host 10.0.0.9 port 22: Connection refused\n", available: "x"},
+    )
+    assert record_unreachable(fleet, result) == {
+        "p-gone": "unreachable over SSH: ssh: connect to host 10.0.0.9 port 22: Connection refused"
+    }
+    gone, done = fleet.store.require("p-gone"), fleet.store.require("p-done")
+    assert gone.status is Status.APPROVED and gone.last_error.startswith("unreachable over SSH: ssh: connect")
+    assert done.last_error == ""

@@ -17,7 +17,13 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from worldland.control.onboard_runs import OnboardResult, OnboardSettings, approved_hosts, run_onboarding
+from worldland.control.onboard_runs import (
+    OnboardResult,
+    OnboardSettings,
+    approved_hosts,
+    record_unreachable,
+    run_onboarding,
+)
 from worldland.state.fleet import Fleet
 
 log = logging.getLogger("worldland.onboard")
@@ -232,6 +238,8 @@ def approved_onboarding(fleet: Fleet, settings: OnboardSettings) -> RunFunction:
                 extra={"providers": _named(provider_ids)},
             )
             return None
-        return run_onboarding(settings, hosts, cancel=cancel)
+        result = run_onboarding(settings, hosts, cancel=cancel)
+        record_unreachable(fleet, result)
+        return result
 
     return run

@@ -34,6 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from worldland.control.onboarding import error_line
 from worldland.domain.lifecycle import Status
 from worldland.domain.names import is_node_name
 from worldland.protocol.ids import ID_RULE, PROVIDER_ID_RE
@@ -142,6 +143,7 @@ class OnboardResult:
     artifacts: Path
     providers: dict[str, str] = field(default_factory=dict)
     error: str | None = None
+    unreachable: dict[str, str] = field(default_factory=dict)  # host -> why
 
     @property
     def succeeded(self) -> bool:
@@ -347,6 +349,7 @@ def run_onboarding(
         artifacts=artifacts,
         providers=limit,
         error=None,
+        unreachable=dict(events.unreachable),
     )
     if not result.succeeded and not result.failed_hosts:  # it stopped early, or not on a host
         result = replace(result, error=events.error() or f"the run ended {result.status} (rc {result.rc})")
@@ -364,6 +367,22 @@ def run_onboarding(
         },
     )
     return result
+
+
+def record_unreachable(fleet: Fleet, result: OnboardResult) -> dict[str, str]:
+    """An unreachable host gets no ``rescue`` in the playbook: record why on its provider here, when it
+    is still Approved (it stays so and the next run tries it again). Returns provider id -> message."""
+    if not result.unreachable:
+        return {}
+    store = fleet.store
+    by_node = {r.node_name: r for r in store.get_many(store.ids([Status.APPROVED]))}
+    recorded = {}
+    for host, why in sorted(result.unreachable.items()):
+        record = by_node.get(host)
+        if record is not None:
+            recorded[record.provider_id] = error_line(f"unreachable over SSH: {why}")
+            store.set_error(record.provider_id, recorded[record.provider_id])
+    return recorded
 
 
 def _drop_environment(command_file: Path) -> None:
@@ -412,6 +431,7 @@ class RunEvents:
     def __init__(self, run_id: str) -> None:
         self.run_id = run_id
         self.stats: dict[str, Any] | None = None
+        self.unreachable: dict[str, str] = {}  # host -> why (the first time it became unreachable)
         self._played = False
         self._early_output: list[str] = []
 
@@ -456,6 +476,8 @@ class RunEvents:
                 line["ignored"] = True
             if status in ("failed", "unreachable") and res.get("msg"):
                 line["error"] = _text(res["msg"])
+            if status == "unreachable" and not data.get("ignore_unreachable"):
+                self.unreachable.setdefault(str(data.get("host")), _text(res.get("msg") or "unreachable"))
         failing = status in ("failed", "unreachable") and not data.get("ignore_errors")
         log.log(logging.WARNING if failing else logging.INFO, "onboard task", extra=line)
 

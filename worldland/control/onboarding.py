@@ -147,6 +147,12 @@ def readable_identity(raw: str | bytes | None) -> tuple[str | None, str | None]:
     )
 
 
+def error_line(message: str) -> str:
+    """An error as a provider's ``last_error`` holds it: one line, at most ``MAX_REASON_CHARS``."""
+    line = " ".join(message.split())
+    return line if len(line) <= MAX_REASON_CHARS else line[: MAX_REASON_CHARS - 1] + "\u2026"
+
+
 @dataclass
 class Onboarding:
     fleet: Fleet
@@ -544,9 +550,7 @@ class Onboarding:
         """Record why onboarding ``provider_id`` failed (shown by ``worldland show``); it stays in its
         state and is retried by the next run. Returns the message as stored (one line, bounded)."""
         self.store.require(provider_id)
-        line = " ".join(message.split())
-        if len(line) > MAX_REASON_CHARS:
-            line = line[: MAX_REASON_CHARS - 1] + "…"
+        line = error_line(message)
         self.store.set_error(provider_id, line)
         return line
 
