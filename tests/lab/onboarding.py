@@ -75,7 +75,7 @@ class OnboardingLab:
             self.kube = self.stack.enter_context(RealControlPlane(extra_addresses=(self.lab.gateway,)))
             self.kubeconfig = self.kube.write_kubeconfig(self.lab.dir / "admin.conf", self.lab.gateway)
             for host in self.lab.hosts:
-                self._prepare(host)
+                self.prepare(host)
             self.inventory = self.write_inventory()
         except BaseException:
             self.stack.close()
@@ -88,7 +88,7 @@ class OnboardingLab:
     # -- the hosts -----------------------------------------------------------------------------------------
 
     @staticmethod
-    def _prepare(host: LabHost) -> None:
+    def prepare(host: LabHost) -> None:
         """What the lab stands in for inside each host, written before any role runs."""
         facts = host.private_path("/etc/ansible/facts.d/worldland_lab.fact")
         facts.parent.mkdir(parents=True, exist_ok=True)
@@ -103,11 +103,12 @@ class OnboardingLab:
             wrapper = host.private_path(f"/usr/local/sbin/{command}")
             wrapper.write_text(
                 "#!/bin/sh\n"
-                f"# worldland lab stand-in for {command} (tests/lab/standins/kernel.py): a lab host shares this\n"
-                "# machine's kernel, so its kernel state is kept in the host's directory instead\n"
+                f"# worldland lab stand-in for {command} (tests/lab/standins/kernel.py): a lab host\n"
+                "# shares this machine's kernel, so its kernel state is kept in the host's directory\n"
                 f"WORLDLAND_LAB_HOST_CONFIG={shlex.quote(str(host.config_path))}\n"
                 "export WORLDLAND_LAB_HOST_CONFIG\n"
-                f'exec {shlex.quote(host.lab.python)} {shlex.quote(str(STANDINS / "kernel.py"))} {command} "$@"\n'
+                f"exec {shlex.quote(host.lab.python)} {shlex.quote(str(STANDINS / 'kernel.py'))} "
+                f'{command} "$@"\n'
             )
             wrapper.chmod(0o755)
 
@@ -172,6 +173,7 @@ class OnboardingLab:
     def group_vars(self) -> dict[str, Any]:
         lab = self.lab
         key = self.repo.key_path.read_text()
+
         def source(role: str) -> dict[str, Any]:
             return {
                 f"{role}_repo_url": self.served.url + REPOSITORIES[role],
