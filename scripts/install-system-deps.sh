@@ -93,6 +93,35 @@ fetch_lab_debs() {
   rm -rf "$tmp"
 }
 
+# Debian's cron and cron-daemon-common (its pre-dependency; everything else cron needs is installed here),
+# fetched once into <cache>/debs -- never installed here: tests/test_audit_ansible.py installs them with
+# dpkg inside a kube-mode lab host (private /usr, /etc, /var, /run). Installed here, cron would be enabled
+# for this machine's own crontabs, and its spool (/var/spool/cron) is shared by the non-kube lab hosts.
+# aptrepo.fetch_debian_debs(("cron",)) fetches the same way when they are missing.
+fetch_cron_debs() {
+  local cache="${WORLDLAND_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/worldland}/debs"
+  command -v apt-get >/dev/null 2>&1 || { echo "no apt-get: cron not fetched" >&2; return 0; }
+  mkdir -p "$cache"
+  exec 9>"$cache/.lock"  # the lock aptrepo.py takes too (fd 9 again: a second fd would wait on the first)
+  command -v flock >/dev/null 2>&1 && flock 9
+  local fetch=() pkg
+  for pkg in cron cron-daemon-common; do
+    ls "$cache/${pkg}"_*.deb >/dev/null 2>&1 || fetch+=("$pkg")
+  done
+  [ ${#fetch[@]} -eq 0 ] && return 0
+  local opts=()
+  [ "$(id -u)" -eq 0 ] && opts=(-o APT::Sandbox::User=root)
+  local tmp
+  tmp=$(mktemp -d "$cache/.partial.XXXXXX")
+  if (cd "$tmp" && apt-get "${opts[@]}" download -q "${fetch[@]}") ||
+    { [ "$(id -u)" -eq 0 ] && apt-get update -qq && (cd "$tmp" && apt-get "${opts[@]}" download -q "${fetch[@]}"); }; then
+    mv "$tmp"/*.deb "$cache"/ && echo "cron packages: ${fetch[*]} in $cache"
+  else
+    echo "apt-get download ${fetch[*]} failed: cron not fetched" >&2
+  fi
+  rm -rf "$tmp"
+}
+
 missing=()
 for cmd in "${!wanted[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${wanted[$cmd]}")
@@ -100,6 +129,7 @@ done
 if [ ${#missing[@]} -eq 0 ]; then
   fetch_etcd
   fetch_lab_debs
+  fetch_cron_debs
   exit 0
 fi
 
@@ -121,3 +151,4 @@ trap '[ -n "$created_policy" ] && $sudo rm -f "$policy"' EXIT
 $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fetch_etcd
 fetch_lab_debs
+fetch_cron_debs
