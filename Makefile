@@ -27,14 +27,16 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 	$(BIN)/mypy
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/ansible-lint --profile production --offline -q playbooks roles
+	PATH="$(CURDIR)/$(BIN):$$PATH" ANSIBLE_COLLECTIONS_PATH="$(CURDIR)/.collections" $(BIN)/ansible-lint --profile production --offline -q playbooks roles
 
 pytest: install
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # Benchmarks on a private redis-server; results go to docs/benchmarks.md by hand, figures in one run.
+# Then the fan-out of onboard.yml on lab hosts (root; real kubeadm joins with ../shared/kube).
 bench: install
 	$(BIN)/python -m bench all
+	$(BIN)/python -m tests.lab.bench_onboard
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .import_linter_cache .hypothesis build *.egg-info

@@ -17,6 +17,7 @@ PATH_TO = {
     Status.JOINED: [Status.APPROVED, Status.JOINED],
     Status.AVAILABLE: [Status.APPROVED, Status.JOINED, Status.AVAILABLE],
     Status.REJECTED: [Status.REJECTED],
+    Status.REMOVED: [Status.APPROVED, Status.REMOVED],
 }
 
 

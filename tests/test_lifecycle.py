@@ -1,4 +1,4 @@
-"""The provider state machine: every one of the 6 x 6 transitions, and Offline recovery."""
+"""The provider state machine: every one of the 7 x 7 transitions, Offline recovery, and Removed."""
 
 from __future__ import annotations
 
@@ -6,7 +6,15 @@ import itertools
 
 import pytest
 
-from worldland.domain.lifecycle import LIVE_STATES, TRANSITIONS, Status, TransitionError, check_transition
+from worldland.domain.lifecycle import (
+    CLOSED_STATES,
+    LIVE_STATES,
+    REMOVABLE_STATES,
+    TRANSITIONS,
+    Status,
+    TransitionError,
+    check_transition,
+)
 
 S = Status
 # The table from DESIGN.md ("Provider lifecycle"), written out independently of TRANSITIONS.
@@ -24,14 +32,35 @@ LEGAL = {
     (S.OFFLINE, S.JOINED),
     (S.OFFLINE, S.AVAILABLE),
     (S.REJECTED, S.PENDING),
+    # offboarding: from every state an approved provider can be in; only a registration starts it over
+    (S.APPROVED, S.REMOVED),
+    (S.JOINED, S.REMOVED),
+    (S.AVAILABLE, S.REMOVED),
+    (S.OFFLINE, S.REMOVED),
+    (S.REMOVED, S.PENDING),
 }
 ALL_PAIRS = list(itertools.product(Status, Status))
 
 
-def test_six_states() -> None:
-    assert [s.value for s in Status] == ["pending", "approved", "joined", "available", "offline", "rejected"]
-    assert len(ALL_PAIRS) == 36
+def test_seven_states() -> None:
+    # Removed last: the order of the store's status index keys (the Lua header's STATUS_ORDER)
+    assert [s.value for s in Status] == [
+        "pending", "approved", "joined", "available", "offline", "rejected", "removed"
+    ]  # fmt: skip
+    assert len(ALL_PAIRS) == 49
     assert frozenset({S.APPROVED, S.JOINED, S.AVAILABLE}) == LIVE_STATES
+    assert frozenset({S.REJECTED, S.REMOVED}) == CLOSED_STATES
+
+
+def test_removable_states_are_those_the_table_lets_go_removed() -> None:
+    assert {s for s, targets in TRANSITIONS.items() if S.REMOVED in targets} == REMOVABLE_STATES
+    assert {S.APPROVED, S.JOINED, S.AVAILABLE, S.OFFLINE} == REMOVABLE_STATES
+
+
+@pytest.mark.parametrize("previous", sorted(LIVE_STATES))
+def test_an_offline_provider_is_removed_whatever_it_was_before(previous: Status) -> None:
+    check_transition("p-1", S.OFFLINE, S.REMOVED, previous=previous)
+    check_transition("p-1", S.OFFLINE, S.REMOVED)  # no previous recorded: still removable
 
 
 def test_transitions_table_is_the_designed_one() -> None:
@@ -42,7 +71,7 @@ def test_transitions_table_is_the_designed_one() -> None:
 @pytest.mark.parametrize(("current", "target"), ALL_PAIRS, ids=[f"{a}->{b}" for a, b in ALL_PAIRS])
 def test_every_pair(current: Status, target: Status) -> None:
     # Offline's legal moves are checked with the state held before it; the others ignore ``previous``.
-    previous = target if current is S.OFFLINE else None
+    previous = target if current is S.OFFLINE and target in LIVE_STATES else None
     if (current, target) in LEGAL:
         check_transition("p-1", current, target, previous)
     else:
@@ -70,8 +99,8 @@ def test_offline_recovers_only_to_previous(previous: Status, target: Status) -> 
             check_transition("p-1", S.OFFLINE, target, previous=previous)
 
 
-@pytest.mark.parametrize("target", list(Status))
-def test_offline_without_previous_goes_nowhere(target: Status) -> None:
+@pytest.mark.parametrize("target", sorted(set(Status) - {S.REMOVED}))
+def test_offline_without_previous_goes_nowhere_but_removed(target: Status) -> None:
     with pytest.raises(TransitionError):
         check_transition("p-1", S.OFFLINE, target)
 

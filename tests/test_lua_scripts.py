@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from worldland.control import audit
-from worldland.domain.lifecycle import LIVE_STATES, NODE_STATES, TRANSITIONS
+from worldland.domain.lifecycle import CLOSED_STATES, LIVE_STATES, NODE_STATES, TRANSITIONS
 from worldland.state import heartbeats, ledger, providers, scripts
 
 # Every script a module registers with Redis, as composed at import.
@@ -65,12 +65,30 @@ def test_every_piece_is_used() -> None:
 def test_header_is_the_lifecycle(redis_client: redis.Redis) -> None:
     """Lua itself reads the header back: the tables are the lifecycle's, and the status order is the
     order of the store's status index keys."""
-    probe = scripts.header() + "return cjson.encode({ALLOWED, STATUS_ORDER, NODE_STATES, LIVE_STATES})"
-    allowed, order, node_states, live_states = json.loads(redis_client.eval(probe, 0))
+    probe = scripts.header() + (
+        "return cjson.encode({ALLOWED, STATUS_ORDER, NODE_STATES, LIVE_STATES, CLOSED_STATES})"
+    )
+    allowed, order, node_states, live_states, closed = json.loads(redis_client.eval(probe, 0))
     assert allowed == {s.value: {t.value: True for t in targets} for s, targets in TRANSITIONS.items()}
     assert order == [s.value for s in providers.STATUS_ORDER]
     assert node_states == {s.value: True for s in NODE_STATES}
     assert live_states == {s.value: True for s in LIVE_STATES}
+    assert closed == {s.value: True for s in CLOSED_STATES}
+
+
+def test_transition_keys_are_found_by_the_status_count_not_by_numbers(redis_client: redis.Redis) -> None:
+    """The Lua finds node-sync, the grace set and a script's own keys after the status index sets by
+    #STATUS_ORDER: the positions ProviderStore.transition_keys() gives them, whatever the statuses."""
+    store = providers.ProviderStore(redis_client)
+    keys = ["provider", *store.transition_keys(), "own"]
+    probe = scripts.script("transition_functions") + (
+        "\nreturn {node_sync_key(2), awaiting_key(2), KEYS[after_transition_keys(2)]}"
+    )
+    assert redis_client.eval(probe, len(keys), *keys) == [
+        store.keys.node_sync,
+        store.keys.awaiting_first_beat,
+        "own",
+    ]
 
 
 def test_header_keys_that_are_not_identifiers_are_quoted() -> None:

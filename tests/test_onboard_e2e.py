@@ -174,3 +174,69 @@ def test_a_second_run_changes_nothing(env: OnboardingLab) -> None:
     recap = dict(re.findall(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)", proc.stdout, re.MULTILINE))
     assert len(recap) == 4, proc.stdout[-2000:]  # localhost and the three hosts
     assert set(recap.values()) == {"0"}, proc.stdout[-6000:]
+
+
+def test_offboard_one_host(env: OnboardingLab) -> None:
+    """offboard.yml on one Available host: on the controller its node cordoned, drained and deleted, its join
+    token revoked, its capacity released, the provider Removed; on the host the kubelet stopped and disabled,
+    ``kubeadm reset`` and what it leaves removed. The other two stay Available; a second run changes nothing.
+
+    Lab hosts share this machine's PID namespace (``pgrep kubelet`` in one sees every host's kubelet), so a
+    host's kubelet is looked for among the processes of its network namespace. The device-plugin stand-in is
+    a host process here; on a real host it is a DaemonSet pod that ``kubeadm reset`` removes with every
+    container, so it is stopped first, as reset would (it would put its socket back in /var/lib/kubelet)."""
+    from pathlib import Path
+
+    from worldland.domain.names import LABEL_PROVIDER_ID, label_value
+
+    gone, others = env.lab.hosts[0], env.lab.hosts[1:]
+
+    def kubelets(host: LabHost) -> list[int]:
+        return [p for p in netns_pids(host.netns) if Path(f"/proc/{p}/comm").read_text().strip() == "kubelet"]
+
+    fleet = env.fleet()
+    pid = env.provider_id(gone)
+    record = fleet.store.require(pid)
+    node, token_id = record.node_name, record.token_id
+    assert record.status is Status.AVAILABLE and not fleet.ledger.get(pid).empty
+    assert kubelets(gone), "the host's kubelet runs before it is offboarded"
+    plugin = gone.dir / "device-plugin.pid"
+    if plugin.exists():
+        kill_pids([int(plugin.read_text())])
+    inventory = env.write_inventory(statuses=("available", "removed"), name="inventory-offboard")
+    started = time.monotonic()
+    proc = env.playbook("offboard.yml", "-e", f"worldland_offboard_hosts={node}", inventory=inventory)
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    recap = dict(re.findall(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)", proc.stdout, re.MULTILINE))
+    assert set(recap) == {"localhost", node} and int(recap[node]) > 0, proc.stdout[-3000:]
+
+    with env.kube.api_client() as api:
+        core = k8s.CoreV1Api(api)
+        nodes = {n.metadata.name for n in core.list_node().items}
+        assert node not in nodes and {node_of(env, h) for h in others} <= nodes
+        tokens = core.list_namespaced_secret(
+            "kube-system", field_selector="type=bootstrap.kubernetes.io/token"
+        )
+        assert not [
+            s for s in tokens.items if (s.metadata.labels or {}).get(LABEL_PROVIDER_ID) == label_value(pid)
+        ]
+        assert not token_id or f"bootstrap-token-{token_id}" not in {s.metadata.name for s in tokens.items}
+    assert kubelets(gone) == [] and all(kubelets(h) for h in others)
+    unit = gone.units()["kubelet.service"]
+    assert not unit.get("active") and not unit.get("enabled"), unit
+    assert gone.run("test ! -e /etc/kubernetes/kubelet.conf", check=False).returncode == 0
+    assert gone.run("ls -A /var/lib/kubelet /etc/cni/net.d").stdout.split() == [
+        "/etc/cni/net.d:",
+        "/var/lib/kubelet:",
+    ]
+    record = fleet.store.require(pid)
+    assert (record.status, record.token_id, record.last_error) == (Status.REMOVED, "", "")
+    assert fleet.ledger.get(pid).empty  # its capacity released: nothing offered, nothing held
+    after = statuses(env)
+    assert all(after[h.name] == (Status.AVAILABLE, "") for h in others), after
+    print(f"offboard.yml, one host: {time.monotonic() - started:.1f} s")
+
+    again = env.playbook("offboard.yml", "-e", f"worldland_offboard_hosts={node}", inventory=inventory)
+    assert again.returncode == 0, again.stdout[-4000:]
+    recap = dict(re.findall(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)", again.stdout, re.MULTILINE))
+    assert recap == {"localhost": "0", node: "0"}, again.stdout[-6000:]

@@ -19,7 +19,7 @@ description:
   - Lists the GPU providers that the WorldLand registration listener keeps in Redis as inventory
     hosts, one per provider, named after the provider's Kubernetes node name.
   - Groups, one per provider status (C(pending), C(approved), C(joined), C(available), C(offline),
-    C(rejected) when listed) and one per canonical GPU model (C(gpu_RTX_4090) for C(RTX-4090)).
+    C(rejected) and C(removed) when listed) and one per canonical GPU model (C(gpu_RTX_4090) for C(RTX-4090)).
   - "Host vars: C(ansible_host) (the provider's public IP), C(worldland_provider_id),
     C(worldland_status), C(worldland_wallet_addr), C(worldland_node_name), C(worldland_gpu_models)
     (canonical names), C(worldland_spec) (the hardware spec the provider registered),
@@ -58,10 +58,13 @@ options:
     env:
       - name: WORLDLAND_KEY_PREFIX
   statuses:
-    description: The provider statuses to list; one group is made for each, even when empty.
+    description:
+      - The provider statuses to list; one group is made for each, even when empty.
+      - Rejected and removed (offboarded) providers are out of the fleet and not listed by default; list
+        C(removed) to run C(offboard.yml) again on a host whose offboarding was interrupted.
     type: list
     elements: str
-    choices: [pending, approved, joined, available, offline, rejected]
+    choices: [pending, approved, joined, available, offline, rejected, removed]
     default: [pending, approved, joined, available, offline]
   timeout:
     description: Seconds to wait for Redis (connect and each reply).
@@ -70,7 +73,7 @@ options:
 """
 
 EXAMPLES = r"""
-# inventory/worldland.yml: every provider except the rejected ones, Redis from WORLDLAND_REDIS_URL
+# inventory/worldland.yml: every provider except the rejected and removed ones, Redis from WORLDLAND_REDIS_URL
 plugin: worldland.provider.worldland
 
 # Only providers waiting for onboarding, from a given Redis and deployment

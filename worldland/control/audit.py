@@ -403,7 +403,7 @@ class Audit:
             for i, (pid, score) in enumerate(chunk):
                 (status, node, models), (received_at, active_jobs) = replies[2 * i], replies[2 * i + 1]
                 if not status or not node or Status(status) not in NODE_STATES:
-                    nothing.append((pid, score))  # gone, or no node to label (pending, rejected)
+                    nothing.append((pid, score))  # gone, or no node to label (pending, rejected, removed)
                     continue
                 desired = desired_node(
                     pid,

@@ -15,15 +15,17 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from worldland.domain.lifecycle import Status
+from worldland.domain.lifecycle import CLOSED_STATES, Status
 from worldland.domain.names import gpu_model_group, node_labels
 from worldland.protocol.ids import PROVIDER_ID_RE
 from worldland.state.fleet import Fleet
 from worldland.state.ledger import Capacity
 from worldland.state.providers import STATUS_ORDER, ProviderRecord, iso_time
 
-# What the inventory lists unless told otherwise: every provider except the rejected ones.
-DEFAULT_STATUSES: tuple[Status, ...] = tuple(s for s in STATUS_ORDER if s is not Status.REJECTED)
+# What the inventory lists unless told otherwise: every provider except those out of the fleet (rejected,
+# removed: an offboarded machine is no longer ours to run plays on; list ``removed`` to finish an
+# interrupted offboard.yml).
+DEFAULT_STATUSES: tuple[Status, ...] = tuple(s for s in STATUS_ORDER if s not in CLOSED_STATES)
 
 OnInvalid = Callable[[str, Exception], None]
 

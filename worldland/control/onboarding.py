@@ -25,7 +25,7 @@ from worldland.domain.join import (
     checked_join_values,
     join_command,
 )
-from worldland.domain.lifecycle import MAX_REASON_CHARS, Status, TransitionError
+from worldland.domain.lifecycle import CLOSED_STATES, MAX_REASON_CHARS, Status, TransitionError
 from worldland.domain.names import GPU_RESOURCE, desired_node, node_labels
 from worldland.domain.policy import ApprovalMode, ApprovalPolicy
 from worldland.domain.registration import (
@@ -61,6 +61,7 @@ from worldland.state.providers import (
 from worldland.state.streams import send_response
 
 if TYPE_CHECKING:  # the Kubernetes client is imported only where a cluster is used
+    from worldland.control.offboarding import OffboardReport
     from worldland.kube import NodeState
 
 log = logging.getLogger("worldland.onboarding")
@@ -187,7 +188,7 @@ class Onboarding:
         self.answer(
             record.provider_id,
             RegistrationResponse(
-                success=record.status is not Status.REJECTED if success is None else success,
+                success=record.status not in CLOSED_STATES if success is None else success,
                 status=record.status,
                 message=message,
                 node_name=record.node_name,
@@ -257,7 +258,32 @@ class Onboarding:
                 return self._reject_by_policy(record, refusals)
             self.store.transition(pid, Status.PENDING, reason="registered again")
             return self._pending_or_approved(self.store.require(pid))
+        if existing.status is Status.REMOVED:
+            return self._reregister_removed(existing, request, refusals)
         return self._reregister_live(existing, request, refusals)
+
+    def _reregister_removed(
+        self, existing: ProviderRecord, request: Registration, refusals: list[str]
+    ) -> str:
+        """An offboarded provider registers again: judged afresh, as a new one, and started over (Pending,
+        then approved as the policy says). One the policy refuses stays Removed, and nothing is stored."""
+        pid = existing.provider_id
+        if refusals:
+            self.answer(
+                pid,
+                RegistrationResponse(
+                    success=False,
+                    status=Status.REMOVED,
+                    message="; ".join(refusals) + " (the provider was offboarded and stays so)",
+                    node_name=existing.node_name,
+                ),
+            )
+            return "rejected"
+        self._register(request, existing)
+        self.store.transition(
+            pid, Status.PENDING, reason="registered again after being offboarded", expected=Status.REMOVED
+        )
+        return self._pending_or_approved(self.store.require(pid))
 
     def _reregister_live(self, existing: ProviderRecord, request: Registration, refusals: list[str]) -> str:
         """An approved (joined, available, offline) provider registers again: the policy applies as to
@@ -327,6 +353,13 @@ class Onboarding:
         registration change waiting for approval gets that change applied.
         """
         record = self.store.require(provider_id)
+        if record.status is Status.REMOVED:
+            raise TransitionError(
+                provider_id,
+                record.status,
+                Status.APPROVED,
+                "an offboarded provider starts over only by registering again",
+            )
         if record.pending_registration and record.status not in (Status.PENDING, Status.REJECTED):
             record = self._register(registration_from_json(record.pending_registration), record)
             if record.status is Status.APPROVED:
@@ -442,6 +475,30 @@ class Onboarding:
         )
         self.answer_state(self.store.require(provider_id), "reset by an operator; register again")
 
+    def offboard(
+        self,
+        provider_id: str,
+        *,
+        reason: str | None = None,
+        drain_timeout_s: float | None = None,
+        force: bool = False,
+    ) -> OffboardReport:
+        """Take an approved provider out of the fleet: Removed, its node cordoned, drained (bounded) and
+        deleted, its join tokens revoked, its capacity taken back (never below what running jobs hold;
+        refused while jobs hold any, unless ``force``). Idempotent. ``worldland.control.offboarding``
+        says how; raises its ``OffboardRefused`` when nothing may be done."""
+        from worldland.control import offboarding
+
+        return offboarding.offboard(
+            self,
+            provider_id,
+            reason=offboarding.DEFAULT_REASON if reason is None else reason,
+            drain_timeout_s=(
+                offboarding.DEFAULT_DRAIN_TIMEOUT_S if drain_timeout_s is None else drain_timeout_s
+            ),
+            force=force,
+        )
+
     def delete_revoked_tokens(self) -> list[str]:
         """Delete the join tokens of revoked providers; returns the errors (ids stay queued on error)."""
         errors: list[str] = []
@@ -463,8 +520,8 @@ class Onboarding:
         record = self.store.get(update.provider_id)
         if record is None:
             raise Rejected(f"provider_id: provider {update.provider_id!r} is not registered")
-        if record.status is Status.REJECTED:
-            raise Rejected(f"provider_id: provider {update.provider_id!r} is rejected")
+        if record.status in CLOSED_STATES:
+            raise Rejected(f"provider_id: provider {update.provider_id!r} is {record.status}")
         spec = ProviderSpec.model_validate(record.spec, context={ALLOW_PRIVATE_IPS: True})
         try:
             totals = checked_offer(spec, update.capacity)

@@ -16,6 +16,7 @@ MIN_TOKEN_TTL_S, MAX_TOKEN_TTL_S = 15 * 60, 60 * 60
 TOKEN_REUSE_MARGIN_S = 5 * 60  # a token closer than this to expiry is replaced, not sent again
 
 JOIN_TOKEN_RE = re.compile(r"^[a-z0-9]{6}\.[a-z0-9]{16}\Z")
+TOKEN_ID_RE = re.compile(r"^[a-z0-9]{6}\Z")  # a join token's public half: its Secret's name ends in it
 CA_HASH_RE = re.compile(r"^sha256:[0-9a-f]{64}\Z")
 _ENDPOINT_HOST_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?\Z")
 _NODE_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")

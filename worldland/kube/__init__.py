@@ -7,7 +7,8 @@ Split by concern:
   ``KubeConflict``) and the redaction of credentials and tokens from their messages.
 - ``tokens``: bootstrap (join) tokens.
 - ``cluster``: the CA hash and the API endpoint ``kubeadm join`` needs.
-- ``nodes``: node state, labels and taints.
+- ``nodes``: node state, labels and taints; cordoning and deleting a node.
+- ``pods``: the pods on a node, evicting them, draining the node (bounded).
 - ``daemonsets``: applying and deleting a DaemonSet (NVIDIA's device plugin), server-side apply.
 - ``client``: ``KubeClient``, all of them in one object.
 
@@ -24,7 +25,7 @@ from worldland.domain.names import (
     LABEL_RENTAL_TYPE,
     RENTAL_TYPE_GPU,
 )
-from worldland.kube import cluster, daemonsets, nodes, session, tokens
+from worldland.kube import cluster, daemonsets, nodes, pods, session, tokens
 from worldland.kube.client import KubeClient
 from worldland.kube.cluster import (
     ApiEndpoint,
@@ -45,6 +46,7 @@ from worldland.kube.nodes import (
     Taint,
     node_state_from_object,
 )
+from worldland.kube.pods import DrainResult, PodRef, Pods
 from worldland.kube.session import (
     KUBECONFIG_ENV,
     LIST_PAGE_SIZE,
@@ -90,6 +92,7 @@ __all__ = [
     "BootstrapTokens",
     "ClusterInfo",
     "DaemonSets",
+    "DrainResult",
     "JoinInfo",
     "KubeClient",
     "KubeConflict",
@@ -99,6 +102,8 @@ __all__ = [
     "KubeUnavailable",
     "NodeState",
     "Nodes",
+    "PodRef",
+    "Pods",
     "Taint",
     "ca_cert_hash_from_pem",
     "cluster",
@@ -108,6 +113,7 @@ __all__ = [
     "node_state_from_object",
     "nodes",
     "parse_endpoint",
+    "pods",
     "session",
     "tokens",
 ]

@@ -1,4 +1,5 @@
-"""Nodes: their state, labels and taints (``NodeState``, ``Taint``, label checks and ``Nodes``).
+"""Nodes: their state, labels and taints, cordoning and deleting them (``NodeState``, ``Taint``, label
+checks and ``Nodes``).
 
 Rules kept here:
 
@@ -182,7 +183,8 @@ def node_state_from_object(obj: Mapping[str, Any]) -> NodeState:
 
 
 class Nodes(KubeSession):
-    """Read nodes (one, many, by label selector) and write their labels and taints, only on change."""
+    """Read nodes (one, many, by label selector), write their labels, taints and schedulability (only on
+    change), and delete them."""
 
     # -- reading ------------------------------------------------------------------------------------------
 
@@ -251,6 +253,26 @@ class Nodes(KubeSession):
         if not change:
             return False
         self._patch_node(node_name, {"metadata": {"labels": change}}, "label")
+        return True
+
+    def cordon(self, node_name: str, *, unschedulable: bool = True) -> bool:
+        """Mark the node unschedulable (``kubectl cordon``; with ``unschedulable=False``, uncordon): new
+        pods are not placed on it, those running stay. Writes only on change; returns whether it wrote.
+        Raises ``KubeNotFound`` when the node does not exist."""
+        state = node_state_from_object(self._read_node(node_name))
+        if state.unschedulable == unschedulable:
+            return False
+        # merge patch: null removes the field, as kubectl uncordon leaves it
+        self._patch_node(node_name, {"spec": {"unschedulable": True if unschedulable else None}}, "cordon")
+        return True
+
+    def delete_node(self, node_name: str) -> bool:
+        """Delete the Node object; False when it was already gone. The kubelet, if it still runs, would
+        register it again: reset the host (``kubeadm reset``) after this."""
+        try:
+            self._call(f"delete node {node_name}", "delete", "nodes", self._core.delete_node, node_name)
+        except KubeNotFound:
+            return False
         return True
 
     def ensure_taint(

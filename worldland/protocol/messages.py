@@ -23,12 +23,13 @@ from pydantic import (
     Field,
     ValidationError,
     ValidationInfo,
+    field_serializer,
     field_validator,
     model_validator,
 )
 
 from worldland.protocol.ids import check_provider_id
-from worldland.protocol.status import Status
+from worldland.protocol.status import Status, wire_status
 
 MAX_MESSAGE_BYTES = 64 * 1024
 MAX_GPUS = 64
@@ -340,6 +341,8 @@ class CapacityUpdate(WireModel):
 
 
 UNKNOWN_PROVIDER = "unknown_provider"  # RegistrationResponse.code: the listener does not know this id
+# RegistrationResponse.code: an operator offboarded the provider (its status goes on the wire as rejected)
+PROVIDER_REMOVED = "removed"
 
 
 class RegistrationResponse(WireModel):
@@ -357,6 +360,11 @@ class RegistrationResponse(WireModel):
     # Why, for machines: "unknown_provider" when a heartbeat came from an id the listener does not know
     # (the agent registers again). The Go agent ignores fields it does not know.
     code: Annotated[str, Field(max_length=64)] | None = None
+
+    @field_serializer("status")
+    def _status_on_the_wire(self, status: Status) -> str:
+        # The Go agent knows the seven statuses of DESIGN.md only: "removed" is told as "rejected".
+        return wire_status(status)
 
     def to_wire(self) -> str:
         return self.model_dump_json(exclude_none=True)

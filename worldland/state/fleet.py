@@ -20,6 +20,16 @@ from worldland.state.ledger import CapacityLedger
 from worldland.state.providers import Clock, ProviderStore, TransitionResult, UpsertResult, iso_time
 
 
+def checked_reason(reason: str, what: str) -> str:
+    """An operator's reason as stored and told: stripped, not empty, at most ``MAX_REASON_CHARS``."""
+    reason = reason.strip()
+    if not reason:
+        raise ValueError(f"reason: must not be empty; the provider is told why it was {what}")
+    if len(reason) > MAX_REASON_CHARS:
+        raise ValueError(f"reason: at most {MAX_REASON_CHARS} characters")
+    return reason
+
+
 @dataclass
 class Fleet:
     client: redis.Redis
@@ -48,13 +58,19 @@ class Fleet:
         return self.store.upsert_registration(request)
 
     def reject(self, provider_id: str, reason: str) -> TransitionResult:
-        reason = reason.strip()
-        if not reason:
-            raise ValueError("reason: must not be empty; the provider is told why it was rejected")
-        if len(reason) > MAX_REASON_CHARS:
-            raise ValueError(f"reason: at most {MAX_REASON_CHARS} characters")
+        reason = checked_reason(reason, "rejected")
         result = self.store.transition(provider_id, Status.REJECTED, reason=reason)
         self.store.mark_rejected_by_operator(provider_id)
+        return result
+
+    def remove(self, provider_id: str, reason: str, *, expected: Status | None = None) -> TransitionResult:
+        """Mark a provider offboarded (Removed, with the reason; ``expected`` makes it a compare-and-set),
+        dropping a registration change that waited for approval. Its node, token and capacity are the
+        caller's (``worldland.control.offboarding``)."""
+        reason = checked_reason(reason, "offboarded")
+        result = self.store.transition(provider_id, Status.REMOVED, reason=reason, expected=expected)
+        if result.changed:
+            self.store.drop_held_change(provider_id)
         return result
 
     def provider_views(self, statuses: list[Status] | None = None) -> list[dict[str, Any]]:

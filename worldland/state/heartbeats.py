@@ -35,7 +35,7 @@ _RECORD_SCRIPT = script("heartbeat_record")
 @dataclass(frozen=True, slots=True)
 class BeatOutcome:
     provider_id: str
-    outcome: str  # recorded | recovered | unknown | rejected
+    outcome: str  # recorded | recovered | unknown | rejected | removed (the last three: dropped)
     status: str  # the provider's status after the beat ('' when unknown)
     active_jobs_changed: bool = False
 

@@ -36,6 +36,7 @@ _T = TypeVar("_T")
 
 MAX_MODEL_NAME = 128
 BATCH = 500  # jobs per script call: each call holds Redis for a few milliseconds at most
+WITHDRAW_ATTEMPTS = 3  # CapacityLedger.withdraw reads again when a job changed the ledger meanwhile
 
 
 class CapacityError(ValueError):
@@ -254,6 +255,14 @@ def ledger_args(
     return args
 
 
+def _withdrawn(capacity: Capacity) -> bool:
+    """True when a provider offers nothing beyond what its jobs hold (``CapacityLedger.withdraw``)."""
+    pools = (capacity.cpu, capacity.memory)
+    return all(g.total == g.in_use for g in capacity.gpus.values()) and all(
+        p.total == p.in_use for p in pools
+    )
+
+
 def _chunks(items: list[_T], size: int) -> list[list[_T]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
@@ -416,6 +425,31 @@ class CapacityLedger:
             ):
                 results.append(_allocation(job_id, reply[1:]) if _text(reply[0]) == "released" else None)
         return results
+
+    def withdraw(self, provider_id: str) -> tuple[Capacity, Capacity]:
+        """Take back everything a provider offers except what running jobs hold (an offboarded provider):
+        each GPU total, the CPU cores and the memory set to what is in use, so nothing is available or
+        mining and the jobs keep what they hold until they are released. Returns the snapshots before
+        and after; writes nothing when there is nothing to take back (idempotent).
+
+        A job released meanwhile leaves its share available: a second call takes that back too. A
+        total below what jobs hold is never written (the script checks it atomically).
+        """
+        provider_id = _check_provider_id(provider_id)
+        last: CapacityError | None = None
+        for _ in range(WITHDRAW_ATTEMPTS):
+            before = self.get(provider_id)
+            if _withdrawn(before):
+                return before, before
+            gpus = {model: gpu.in_use for model, gpu in before.gpus.items()}
+            try:
+                self.set_totals(provider_id, gpus, before.cpu.in_use, before.memory.in_use, mining={})
+            except CapacityError as exc:  # a job was allocated between the read and the write: read again
+                last = exc
+                continue
+            return before, self.get(provider_id)
+        assert last is not None
+        raise last
 
     def set_mining(self, provider_id: str, model: str, count: int) -> Capacity:
         """Set how many GPUs of a model mine; returns the new snapshot.

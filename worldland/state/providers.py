@@ -311,6 +311,10 @@ class ProviderStore:
         """Keep a registration change until an operator approves it; record and ledger stay as approved."""
         self._set_fields(provider_id, {"pending_registration": request.to_json()})
 
+    def drop_held_change(self, provider_id: str) -> None:
+        """Forget a registration change that waits for approval (the provider was offboarded)."""
+        self._set_fields(provider_id, {"pending_registration": ""})
+
     def set_error(self, provider_id: str, message: str) -> None:
         """Record (or with ``""`` clear) the last operational error on the provider, e.g. token issuing."""
         self._set_fields(provider_id, {"last_error": message})

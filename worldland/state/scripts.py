@@ -3,7 +3,7 @@
 Each ``.lua`` file is one piece: a whole script, or shared local functions that scripts put before
 their body. ``script("transition_functions", "provider_transition")`` joins the named pieces, in
 order, after ``header()``: plain Lua table literals generated from ``worldland.domain.lifecycle``
-(the transition table, the status order, the node and live states), so no domain constant is ever
+(the transition table, the status order, the node, live and closed states), so no domain constant is ever
 copied into Lua by hand. Files are read with ``importlib.resources``, so this works from a wheel.
 """
 
@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from functools import cache
 from importlib import resources
 
-from worldland.domain.lifecycle import LIVE_STATES, NODE_STATES, TRANSITIONS, Status
+from worldland.domain.lifecycle import CLOSED_STATES, LIVE_STATES, NODE_STATES, TRANSITIONS, Status
 
 __all__ = ["header", "names", "script", "source"]
 
@@ -58,6 +58,8 @@ def header() -> str:
         f"local NODE_STATES = {_set(NODE_STATES)}\n"
         "-- lifecycle.LIVE_STATES: the provider is expected to heartbeat and may go Offline.\n"
         f"local LIVE_STATES = {_set(LIVE_STATES)}\n"
+        "-- lifecycle.CLOSED_STATES: the provider is out of the fleet; its heartbeats are dropped.\n"
+        f"local CLOSED_STATES = {_set(CLOSED_STATES)}\n"
     )
 
 

@@ -4,9 +4,10 @@
 A lab host shares this machine's kernel, so loading a module or setting a global sysctl from a host would
 change this machine. These keep the host's kernel state in ``kernel.json`` in the host's directory instead:
 ``modprobe NAME`` adds NAME to it and to the host's ``proc_modules`` file (what roles read in place of
-``/proc/modules``); ``sysctl`` keeps keys there - except those of the host's own network namespace
-(``net.*`` keys its ``/proc/sys`` has), which it sets for real - and reads fall back to ``/proc/sys``;
-a ``net.bridge.*`` key exists only once ``br_netfilter`` is loaded, as on a real kernel. ``update-initramfs -u`` records the call. Every invocation is logged.
+``/proc/modules``); ``sysctl`` keeps keys there - except those of the host's own network
+namespace (``net.*`` keys its ``/proc/sys`` has), which it sets for real - and reads fall back to
+``/proc/sys``; a ``net.bridge.*`` key exists only once ``br_netfilter`` is loaded, as on a real kernel.
+``update-initramfs -u`` records the call. Every invocation is logged.
 """
 
 from __future__ import annotations

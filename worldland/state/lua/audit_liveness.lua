@@ -5,9 +5,9 @@
 -- grace cutoff. Composed as script("transition_functions", "audit_liveness").
 --
 -- KEYS[1]       the provider's hash (Keys.provider(id))
--- KEYS[2..9]    ProviderStore.transition_keys() (see transition_functions.lua); KEYS[9] is
+-- KEYS[2..]     ProviderStore.transition_keys() (see transition_functions.lua), whose last entry is
 --               Keys.awaiting_first_beat, the grace set
--- KEYS[10]      the heartbeat index
+-- KEYS[last]    the heartbeat index (right after them: after_transition_keys(2))
 -- ARGV[1]       provider id
 -- ARGV[2]       now (epoch seconds)
 -- ARGV[3]       beat cutoff: a beat at or after it is fresh
@@ -20,7 +20,8 @@
 -- the grace set once it is out of it for good (beaten since approval, not live, gone Offline).
 
 local pid, apply = ARGV[1], ARGV[6] == '1'
-local awaiting = KEYS[9]
+local awaiting = awaiting_key(2)
+local heartbeat_index = KEYS[after_transition_keys(2)]
 local fields = redis.call('HMGET', KEYS[1], 'status', 'approved_at')
 local current = fields[1]
 if not current then
@@ -31,7 +32,7 @@ if not LIVE_STATES[current] then
   if apply then redis.call('ZREM', awaiting, pid) end
   return {'not_live', current, ''}
 end
-local beat = tonumber(redis.call('ZSCORE', KEYS[10], pid))
+local beat = tonumber(redis.call('ZSCORE', heartbeat_index, pid))
 local approved = tonumber(fields[2]) or 0
 if beat and beat >= approved then
   if apply then redis.call('ZREM', awaiting, pid) end

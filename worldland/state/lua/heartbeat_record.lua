@@ -2,7 +2,8 @@
 -- client packing and script dispatch, dominated a call per beat). A beat is scored by *our* receive
 -- time; a late duplicate never moves the last beat backwards. A change of active jobs on a node
 -- that takes jobs (NODE_STATES, from the generated header) marks it for the audit's label sync
--- (never a write per beat). A beat from an unknown or rejected provider is dropped.
+-- (never a write per beat). A beat from an unknown provider, or one out of the fleet (CLOSED_STATES,
+-- from the generated header: rejected, removed), is dropped.
 --
 -- Per-provider keys are <template><provider id> from the templates ``Keys`` gives for an empty id,
 -- so keys.py stays the only place that spells key names (a single Redis primary carries the fleet,
@@ -15,7 +16,8 @@
 -- ARGV[4..] per beat, three values: provider id, active jobs, the beat as JSON
 --
 -- Returns, flattened, three values per beat: outcome, status, active_jobs_changed (1 or 0); outcome
--- 'recorded', or 'unknown' (status '') / 'rejected' when the beat is dropped (nothing written).
+-- 'recorded', or 'unknown' (status '') / the closed status itself ('rejected', 'removed') when the beat
+-- is dropped (nothing written).
 
 local now, now_n = ARGV[1], tonumber(ARGV[1])
 local out = {}
@@ -24,8 +26,8 @@ for i = 4, #ARGV, 3 do
   local status = redis.call('HGET', ARGV[2] .. id, 'status')
   if not status then
     out[#out + 1] = 'unknown'; out[#out + 1] = ''; out[#out + 1] = 0
-  elseif status == 'rejected' then
-    out[#out + 1] = 'rejected'; out[#out + 1] = status; out[#out + 1] = 0
+  elseif CLOSED_STATES[status] then
+    out[#out + 1] = status; out[#out + 1] = status; out[#out + 1] = 0
   else
     local hb = ARGV[3] .. id
     local last = redis.call('HMGET', hb, 'received_at', 'active_jobs')

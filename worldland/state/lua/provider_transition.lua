@@ -2,7 +2,7 @@
 -- optionally as a compare-and-set. Composed as script("transition_functions", "provider_transition").
 --
 -- KEYS[1]       the provider's hash (Keys.provider(id))
--- KEYS[2..9]    ProviderStore.transition_keys() (see transition_functions.lua)
+-- KEYS[2..]     ProviderStore.transition_keys() (see transition_functions.lua)
 -- ARGV[1]       provider id
 -- ARGV[2]       target status
 -- ARGV[3]       now (epoch seconds)
