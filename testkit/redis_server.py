@@ -22,11 +22,15 @@ class RedisServer:
     """Starts ``redis-server`` on 127.0.0.1 at a free port (never 6379) in its own directory.
 
     ``also_bind``: more addresses of this machine to listen on (a lab's gateway, for its hosts).
+    ``unix_socket``: also listen on this Unix socket (mode 0700; ``unix_url`` names it).
     """
 
-    def __init__(self, persist: bool = False, also_bind: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, persist: bool = False, also_bind: tuple[str, ...] = (), unix_socket: str | Path | None = None
+    ) -> None:
         self.persist = persist  # append-only file in the work dir, so data survives a restart
         self.also_bind = also_bind
+        self.unix_socket = Path(unix_socket) if unix_socket else None
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
         self.workdir = Path(tempfile.mkdtemp(prefix="worldland-redis-"))
@@ -39,6 +43,11 @@ class RedisServer:
         """The URL on one of ``also_bind``'s addresses."""
         assert address in self.also_bind, address
         return f"redis://{address}:{self.port}/0"
+
+    @property
+    def unix_url(self) -> str:
+        assert self.unix_socket is not None
+        return f"unix://{self.unix_socket}?db=0"
 
     def start(self, attempts: int = 5) -> RedisServer:
         for _ in range(attempts):
@@ -70,6 +79,7 @@ class RedisServer:
             str(self.workdir),
         ]
         args += ["--protected-mode", "no"] if self.also_bind else []
+        args += ["--unixsocket", str(self.unix_socket), "--unixsocketperm", "700"] if self.unix_socket else []
         args += ["--appendonly", "yes" if self.persist else "no", "--appendfsync", "no"]
         args += ["--daemonize", "no", "--loglevel", "warning"]
         self.process = subprocess.Popen([binary, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

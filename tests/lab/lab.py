@@ -453,6 +453,21 @@ def sweep(include_live: bool = False) -> list[int]:
     return sorted(removed)
 
 
+def teardown_dir(lab_dir: str | Path) -> list[int]:
+    """Tear down every registered lab whose directory is ``lab_dir``, its owner alive or not: for a lab
+    whose owner was killed before it could stop it (a sweep would wait for the next lab start). Slots."""
+    wanted = str(Path(lab_dir).resolve())
+    removed = []
+    with registry_lock():
+        for path in REGISTRY.glob("slot-*.json"):
+            slot = int(path.stem.split("-")[1])
+            entry = _read_entry(slot)
+            if entry is not None and entry.get("dir") == wanted:
+                teardown_slot(slot, entry)
+                removed.append(slot)
+    return sorted(removed)
+
+
 def close_control_masters(cp_dir: Path) -> None:
     if not cp_dir.is_dir():
         return

@@ -12,15 +12,34 @@ the NVIDIA driver and container toolkit packages (lab-built, carrying stand-ins)
 reach this machine (modprobe, sysctl, update-initramfs), the cluster's CNI (a bridge conflist) and NVIDIA's
 device-plugin DaemonSet (the lab pulls no images). Everything else is real: Debian's containerd, runc,
 CNI plugins and iptables from the repository, kubeadm/kubelet v1.32.13 from ``../shared/kube``.
+
+From the command line (the roles' Molecule scenarios, tests/lab/molecule/), needs root::
+
+    python -m tests.lab.onboarding up --dir D [--hosts N] [--gpus SPEC] [--no-cluster]   # D/onboarding.json
+    python -m tests.lab.onboarding register --dir D     # register_all()
+    python -m tests.lab.onboarding approve --dir D      # approve_all()
+    python -m tests.lab.onboarding down --dir D         # everything gone, D too; exit 1 if anything stayed
+
+``up`` starts ``serve`` (the lab held by one process, in a session of its own) and returns once the lab
+is ready; ``down`` ends it with SIGTERM and then removes by PID and by name whatever a killed ``serve``
+left: the processes recorded or working in D (the Redis, the control plane), the lab's namespaces,
+cgroups and links (by its directory), and D. ``--no-cluster``: hosts and repository only, no Redis and no
+control plane. The Redis also listens on ``D/redis.sock``, the kubeconfig is ``D/lab/admin.conf``: paths
+known before the lab starts, for settings read once before it (Molecule's ``molecule.yml``).
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
 import shlex
+import shutil
+import signal
 import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +53,7 @@ from testkit.factories import registration_dict
 from testkit.realkube import RealControlPlane, available
 from testkit.redis_server import RedisServer
 from tests.lab import aptrepo
-from tests.lab.lab import Lab, LabHost
+from tests.lab.lab import Lab, LabError, LabHost, alive, kill_pids, netns_names, proc_start, teardown_dir
 from worldland.state.connection import connect
 
 REPO = Path(__file__).resolve().parents[2]
@@ -52,12 +71,22 @@ REPOSITORIES = {
     "kubernetes_node": "kubernetes/",
 }
 STANDINS = Path(__file__).resolve().parent / "standins"
+# the command line's files in its directory D (the lab itself is D/lab)
+STATE_FILE = "onboarding.json"
+SERVE_PID = "serve.pid"
+SERVE_LOG = "serve.log"
 
 
 @dataclass
 class OnboardingLab:
     hosts: int = 3
     gpus: str | list[str] | None = None
+    # the lab's directory (None: a fresh temporary one); a Unix socket the Redis also listens on
+    dir: str | Path | None = None
+    redis_socket: str | Path | None = None
+    # False: no Redis and no control plane (nor inventory): hosts and repository only, for the roles that
+    # install packages
+    cluster: bool = True
     stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
     def __enter__(self) -> OnboardingLab:
@@ -65,18 +94,22 @@ class OnboardingLab:
         if not status:
             raise RuntimeError(f"no real control plane: {status.reason}")
         try:
-            self.lab = self.stack.enter_context(Lab(hosts=self.hosts, gpus=self.gpus, kube=True))
+            lab = Lab(hosts=self.hosts, gpus=self.gpus, kube=True, dir=self.dir)
+            self.lab = self.stack.enter_context(lab)
             self.repo = aptrepo.lab_repository(self.lab.dir / "repo")
             for name in REPOSITORIES:  # one repository, served as the three the roles know by default
                 with contextlib.suppress(FileExistsError):
                     (self.repo.root / REPOSITORIES[name].rstrip("/")).symlink_to(".")
             self.served = self.stack.enter_context(aptrepo.serve(self.repo.root, self.lab.gateway))
-            self.redis = self.stack.enter_context(RedisServer(also_bind=(self.lab.gateway,)))
-            self.kube = self.stack.enter_context(RealControlPlane(extra_addresses=(self.lab.gateway,)))
-            self.kubeconfig = self.kube.write_kubeconfig(self.lab.dir / "admin.conf", self.lab.gateway)
             for host in self.lab.hosts:
                 self.prepare(host)
-            self.inventory = self.write_inventory()
+            if self.cluster:
+                redis_server = RedisServer(also_bind=(self.lab.gateway,), unix_socket=self.redis_socket)
+                self.redis = self.stack.enter_context(redis_server)
+                self.redis_url = self.redis.url
+                self.kube = self.stack.enter_context(RealControlPlane(extra_addresses=(self.lab.gateway,)))
+                self.kubeconfig = self.kube.write_kubeconfig(self.lab.dir / "admin.conf", self.lab.gateway)
+                self.inventory = self.write_inventory()
         except BaseException:
             self.stack.close()
             raise
@@ -84,6 +117,50 @@ class OnboardingLab:
 
     def __exit__(self, *exc: object) -> None:
         self.stack.close()
+
+    @classmethod
+    def load(cls, state_dir: str | Path) -> OnboardingLab:
+        """The lab ``serve`` runs in ``state_dir`` (its hosts, Redis, kubeconfig), seen from another
+        process: for register_all, approve_all, fleet and env, not for stopping it (``down``)."""
+        state = read_state(state_dir)
+        if not state["redis_url"]:
+            raise LabError(f"the onboarding lab in {state_dir} runs without Redis and control plane")
+        env = cls(hosts=len(state["hosts"]), dir=state["lab_dir"])
+        env.lab = Lab.load(state["lab_dir"])
+        env.redis_url = state["redis_url"]
+        env.kubeconfig = Path(state["kubeconfig"])
+        env.inventory = Path(state["inventory"])
+        return env
+
+    def state(self) -> dict[str, Any]:
+        """What ``up`` reports and ``down`` cleans up after: addresses, files, variables, processes."""
+        cluster: dict[str, Any] = {"redis_url": None, "kubeconfig": None, "inventory": None}
+        processes: dict[str, int] = {}
+        if self.cluster:
+            processes = {
+                "redis-server": self.redis.process.pid if self.redis.process else 0,
+                **self.kube.pids,
+            }
+            cluster = {
+                "redis_url": self.redis.url,
+                "redis_unix_url": self.redis.unix_url if self.redis.unix_socket else None,
+                "kubeconfig": str(self.kubeconfig),
+                "inventory": str(self.inventory),
+            }
+        return {
+            **cluster,
+            "lab_dir": str(self.lab.dir),
+            "slot": self.lab.slot,
+            "gateway": self.lab.gateway,
+            "key": str(self.lab.key),
+            "known_hosts": str(self.lab.known_hosts),
+            "hosts": [
+                {**h.to_json(), "provider_id": self.provider_id(h), "inventory_vars": h.inventory_vars}
+                for h in self.lab.hosts
+            ],
+            "role_vars": self.role_vars(),
+            "processes": [{"name": n, "pid": p, "start": proc_start(p)} for n, p in processes.items() if p],
+        }
 
     # -- the hosts -----------------------------------------------------------------------------------------
 
@@ -132,7 +209,7 @@ class OnboardingLab:
         """What the controller's plugins read: Redis, key prefix, kubeconfig (API at the gateway)."""
         return {
             **os.environ,
-            "WORLDLAND_REDIS_URL": self.redis.url,
+            "WORLDLAND_REDIS_URL": self.redis_url,
             "WORLDLAND_KEY_PREFIX": KEY_PREFIX,
             "WORLDLAND_KUBECONFIG": str(self.kubeconfig),
             "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
@@ -140,7 +217,7 @@ class OnboardingLab:
         }
 
     def register_all(self) -> None:
-        agent = Agent(redis.Redis.from_url(self.redis.url, decode_responses=True), _names())
+        agent = Agent(redis.Redis.from_url(self.redis_url, decode_responses=True), _names())
         for host in self.lab.hosts:
             agent.register(self.registration(host))
 
@@ -152,7 +229,7 @@ class OnboardingLab:
         from worldland.state.fleet import Fleet
         from worldland.state.keys import Keys
 
-        client = connect(self.redis.url)
+        client = connect(self.redis_url)
         cluster = KubeClient.from_kubeconfig(self.kubeconfig)
         try:
             policy = ApprovalPolicy(mode=ApprovalMode.AUTO, allow_private_ips=True)
@@ -166,22 +243,16 @@ class OnboardingLab:
         from worldland.state.fleet import Fleet
         from worldland.state.keys import Keys
 
-        return Fleet.open(connect(self.redis.url), Keys(KEY_PREFIX))
+        return Fleet.open(connect(self.redis_url), Keys(KEY_PREFIX))
 
     # -- inventory -----------------------------------------------------------------------------------------
 
     def group_vars(self) -> dict[str, Any]:
+        """The inventory's group_vars: how to reach the hosts, and the roles pointed at the stand-ins."""
+        return {**self.connection_vars(), **self.role_vars()}
+
+    def connection_vars(self) -> dict[str, Any]:
         lab = self.lab
-        key = self.repo.key_path.read_text()
-
-        def source(role: str) -> dict[str, Any]:
-            return {
-                f"{role}_repo_url": self.served.url + REPOSITORIES[role],
-                f"{role}_repo_suites": [self.repo.suite],
-                f"{role}_repo_components": [self.repo.component],
-                f"{role}_repo_key": key,
-            }
-
         ssh = [
             "-F /dev/null",
             f"-o UserKnownHostsFile={lab.known_hosts}",
@@ -196,6 +267,21 @@ class OnboardingLab:
             "ansible_ssh_private_key_file": str(lab.key),
             "ansible_ssh_common_args": " ".join(ssh),
             "ansible_python_interpreter": "/usr/bin/python3",
+        }
+
+    def role_vars(self) -> dict[str, Any]:
+        """The roles' variables that point them at the lab's repository and stand-ins."""
+        key = self.repo.key_path.read_text()
+
+        def source(role: str) -> dict[str, Any]:
+            return {
+                f"{role}_repo_url": self.served.url + REPOSITORIES[role],
+                f"{role}_repo_suites": [self.repo.suite],
+                f"{role}_repo_components": [self.repo.component],
+                f"{role}_repo_key": key,
+            }
+
+        return {
             "kubernetes_version": "1.32.13",
             # the lab's signed repository stands in for NVIDIA's, the distribution's and pkgs.k8s.io
             "nvidia_driver_packages": [f"nvidia-driver-{aptrepo.BRANCHES[0]}-server"],
@@ -226,7 +312,7 @@ class OnboardingLab:
         (directory / "group_vars").mkdir(parents=True, exist_ok=True)
         plugin = {
             "plugin": "worldland.provider.worldland",
-            "redis_url": self.redis.url,
+            "redis_url": self.redis_url,
             "key_prefix": KEY_PREFIX,
             "statuses": list(statuses),
         }
@@ -238,12 +324,18 @@ class OnboardingLab:
         return directory
 
     def playbook(
-        self, name: str = "onboard.yml", *args: str, inventory: Path | None = None, timeout: float = 900
+        self,
+        name: str = "onboard.yml",
+        *args: str,
+        inventory: Path | None = None,
+        timeout: float = 900,
+        extra_env: dict[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
         playbook = str(REPO / "playbooks" / name)
         return subprocess.run(
             [str(BIN / "ansible-playbook"), "-i", str(inventory or self.inventory), playbook, *args],
-            cwd=REPO, env=self.env, capture_output=True, text=True, timeout=timeout, check=False,
+            cwd=REPO, env={**self.env, **(extra_env or {})}, capture_output=True, text=True, timeout=timeout,
+            check=False,
         )  # fmt: skip
 
 
@@ -261,3 +353,175 @@ def wait_for(check: Any, timeout: float, what: str, interval: float = 0.2) -> An
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+# -- the command line (the roles' Molecule scenarios) --------------------------------------------------------
+
+
+def read_state(state_dir: str | Path) -> dict[str, Any]:
+    try:
+        state: dict[str, Any] = json.loads((Path(state_dir) / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        raise LabError(f"no onboarding lab in {state_dir} (python -m tests.lab.onboarding up)") from None
+    return state
+
+
+def _write_state(state_dir: Path, state: dict[str, Any]) -> None:
+    tmp = state_dir / f".{STATE_FILE}.tmp"
+    tmp.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, state_dir / STATE_FILE)
+
+
+def running(pid: int, start: int | None) -> bool:
+    """That process (PID and start time; None: any start) is there and not a zombie - one that exited and
+    waits for init to reap it is gone."""
+    if start is not None and not alive(pid, start):
+        return False
+    with contextlib.suppress(OSError, IndexError):
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    return False
+
+
+def _serve_pid(state_dir: Path) -> tuple[int, int | None] | None:
+    with contextlib.suppress(OSError, ValueError):
+        pid, start = (state_dir / SERVE_PID).read_text().split()
+        return int(pid), int(start)
+    return None
+
+
+def serve(state_dir: Path, hosts: int, gpus: str | None, cluster: bool = True) -> int:
+    """Hold an OnboardingLab until SIGTERM, SIGINT or SIGHUP; its state in ``state_dir``. Temporary files
+    (the Redis's and the control plane's directories) go under ``state_dir`` too, so removing it after
+    a ``kill -9`` leaves nothing."""
+    stopping: list[int] = []
+
+    def stop(signum: int, frame: object) -> None:
+        if not stopping:  # once: a second signal must not break off the teardown
+            stopping.append(signum)
+            raise KeyboardInterrupt(f"signal {signum}")
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, stop)
+    scratch = state_dir / "tmp"
+    scratch.mkdir(parents=True, exist_ok=True)
+    os.environ["TMPDIR"] = str(scratch)
+    tempfile.tempdir = None
+    try:
+        lab = OnboardingLab(hosts, gpus, state_dir / "lab", state_dir / "redis.sock", cluster)
+        with lab as env:
+            me = {"pid": os.getpid(), "start": proc_start(os.getpid())}
+            _write_state(state_dir, env.state() | {"serve": me})
+            print(f"onboarding lab up: {env.lab.summary()}", flush=True)
+            while True:
+                signal.pause()
+    except KeyboardInterrupt as stopped:
+        print(f"onboarding lab down ({stopped})", flush=True)
+        return 0
+
+
+def up(
+    state_dir: Path, hosts: int, gpus: str | None, cluster: bool = True, timeout: float = 300
+) -> dict[str, Any]:
+    """``serve`` in a session of its own (it outlives this process), once it is ready: its state, and
+    ``started`` (false: it was up already). On failure or timeout everything is taken down again."""
+    serving = _serve_pid(state_dir)
+    if serving and running(*serving) and (state_dir / STATE_FILE).exists():
+        return read_state(state_dir) | {"started": False}
+    down(state_dir)  # what a dead one left
+    state_dir.mkdir(parents=True)
+    argv = [sys.executable, "-m", "tests.lab.onboarding", "serve", "--dir", str(state_dir)]
+    argv += ["--hosts", str(hosts), *(["--gpus", gpus] if gpus else [])]
+    argv += [] if cluster else ["--no-cluster"]
+    with open(state_dir / SERVE_LOG, "ab") as log:
+        proc = subprocess.Popen(
+            argv,
+            cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    (state_dir / SERVE_PID).write_text(f"{proc.pid} {proc_start(proc.pid)}\n")
+    deadline = time.monotonic() + timeout
+    while not (state_dir / STATE_FILE).exists():
+        failed = proc.poll() is not None
+        if failed or time.monotonic() > deadline:
+            tail = (state_dir / SERVE_LOG).read_text(errors="replace")[-3000:]
+            down(state_dir)
+            why = f"exited ({proc.returncode})" if failed else f"not ready after {timeout:.0f} s"
+            raise LabError(f"the onboarding lab {why}:\n{tail}")
+        time.sleep(0.2)
+    return read_state(state_dir) | {"started": True}
+
+
+def _pids_in(directory: Path) -> set[int]:
+    """Every process whose working directory is in ``directory``: what ``serve`` started there (the Redis
+    and the control plane work in their scratch directories under it) - found even when ``serve`` was
+    killed before it recorded them, and never a stranger that got a recorded PID again."""
+    found = set()
+    for cwd in Path("/proc").glob("[0-9]*/cwd"):
+        with contextlib.suppress(OSError, ValueError):
+            if os.readlink(cwd).startswith(f"{directory}/") and running(int(cwd.parent.name), None):
+                found.add(int(cwd.parent.name))
+    return found
+
+
+def down(state_dir: Path, grace: float = 120) -> list[str]:
+    """Stop ``serve`` (SIGTERM: it tears the lab down), then remove whatever a killed one left - by PID
+    (recorded, or working in ``state_dir``), by the lab's directory (namespaces, cgroups, links), and
+    ``state_dir``. Returns what is still there (nothing, unless something refused to go)."""
+    state_dir = state_dir.resolve()
+    state: dict[str, Any] = {}
+    with contextlib.suppress(LabError):
+        state = read_state(state_dir)
+    serving = _serve_pid(state_dir)
+    if serving and running(*serving):
+        os.kill(serving[0], signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while running(*serving) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    processes = state.get("processes", [])
+    pids = {p["pid"] for p in processes if running(p["pid"], p["start"])} | _pids_in(state_dir)
+    kill_pids(pids | ({serving[0]} if serving and running(*serving) else set()))
+    teardown_dir(state_dir / "lab")
+    shutil.rmtree(state_dir, ignore_errors=True)
+    names = {h["netns"] for h in state.get("hosts", [])}
+    left = [f"netns {ns}" for ns in netns_names() if ns in names]
+    left += [f"process {pid}" for pid in _pids_in(state_dir)]
+    left += [f"{p['name']} {p['pid']}" for p in processes if running(p["pid"], p["start"])]
+    left += [f"directory {state_dir}"] if state_dir.exists() else []
+    return left
+
+
+def main(argv: list[str] | None = None) -> int:
+    """An OnboardingLab held by a process of its own (see the module's docstring)."""
+    parser = argparse.ArgumentParser(prog="python -m tests.lab.onboarding", description=main.__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    commands = {name: sub.add_parser(name) for name in ("up", "serve", "register", "approve", "down")}
+    for name, command in commands.items():
+        command.add_argument("--dir", required=True, type=lambda d: Path(d).resolve())
+        if name in ("up", "serve"):
+            command.add_argument("--hosts", type=int, default=1)
+            command.add_argument("--gpus", default=None, help='per-host GPU spec, e.g. "RTX-4090:2,none"')
+            command.add_argument(
+                "--no-cluster", dest="cluster", action="store_false", help="no Redis, no API"
+            )
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "serve":
+            return serve(args.dir, args.hosts, args.gpus, args.cluster)
+        if args.command == "up":
+            print(json.dumps(up(args.dir, args.hosts, args.gpus, args.cluster), indent=2))
+        elif args.command == "register":
+            OnboardingLab.load(args.dir).register_all()
+        elif args.command == "approve":
+            OnboardingLab.load(args.dir).approve_all()
+        elif args.command == "down":
+            left = down(args.dir)
+            if left:
+                print(f"error: still there after down: {', '.join(left)}", file=sys.stderr)
+                return 1
+    except LabError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
