@@ -102,7 +102,7 @@ def cache_dir() -> Path:
 
 
 @contextlib.contextmanager
-def _locked(directory: Path) -> Iterator[None]:
+def directory_lock(directory: Path) -> Iterator[None]:
     """An exclusive lock on ``directory`` (pytest-xdist workers and parallel runs share the cache)."""
     directory.mkdir(parents=True, exist_ok=True)
     with open(directory / ".lock", "w") as lock:
@@ -147,7 +147,7 @@ def kube_binary(name: str, shared: Path | None = None) -> Path:
 
     if verified():
         return target
-    with _locked(directory):
+    with directory_lock(directory):
         if verified():
             return target
         source = shared / "bin" / f"{name}.gz"
@@ -184,7 +184,7 @@ def etcd_binary(fetch: bool = True) -> Path:
         return binary
     if not fetch:
         raise RealKubeError(f"etcd is not unpacked at {binary} (make install fetches it)")
-    with _locked(directory):
+    with directory_lock(directory):
         if os.access(binary, os.X_OK):
             return binary
         for tool in ("apt-get", "dpkg"):

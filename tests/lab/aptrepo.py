@@ -196,17 +196,6 @@ def architecture() -> str:
     return _run(["dpkg", "--print-architecture"], "dpkg --print-architecture").strip()
 
 
-@contextlib.contextmanager
-def _locked(directory: Path) -> Iterator[None]:
-    directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
 def debs_cache() -> Path:
     """``<cache>/debs``: Debian's packages, as ``apt-get download`` names them."""
     return realkube.cache_dir() / "debs"
@@ -349,7 +338,7 @@ def fetch_debian_debs(names: Sequence[str] = DEBIAN_PACKAGES) -> list[Path]:
         seen = _FETCHED.get(memo)
         if seen is not None and all(deb.is_file() for deb in seen):
             return list(seen)
-    with _locked(directory):
+    with realkube.directory_lock(directory):
         try:
             closure = dependency_closure(names)
         except AptRepoError:
@@ -643,7 +632,7 @@ def lab_debs(
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
     directory = realkube.cache_dir() / "lab-debs" / digest
     manifest = directory / "built.json"
-    with _locked(directory):
+    with realkube.directory_lock(directory):
         if manifest.is_file():
             names = json.loads(manifest.read_text())["debs"]
             debs = [directory / n for n in names]

@@ -63,6 +63,7 @@ KEY_PREFIX = "worldland:"
 LAB_PCI_DIR = "/opt/worldland-lab/sys/bus/pci/devices"
 LAB_MODULE_VERSION = "/var/lib/worldland-lab/nvidia/module-version"
 LAB_PROC_MODULES = "/var/lib/worldland-lab/proc-modules"
+LAB_PROC_SWAPS = "/var/lib/worldland-lab/proc-swaps"
 # the lab's one repository under the paths of the repositories it stands in for
 REPOSITORIES = {
     "nvidia_driver": "nvidia/",
@@ -175,8 +176,11 @@ class OnboardingLab:
         modules.parent.mkdir(parents=True, exist_ok=True)
         loaded = [m for m in ("overlay", "br_netfilter", "nvidia") if Path("/sys/module", m).is_dir()]
         modules.write_text("".join(f"{m} 16384 0 - Live 0x0000000000000000\n" for m in loaded))
-        host.configure(proc_modules=LAB_PROC_MODULES)
-        for command in ("modprobe", "sysctl", "update-initramfs"):
+        # this machine's swap is not a lab host's to turn off: the host sees a swaps file of its own
+        swaps = host.private_path(LAB_PROC_SWAPS)
+        swaps.write_text("Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n")
+        host.configure(proc_modules=LAB_PROC_MODULES, proc_swaps=LAB_PROC_SWAPS)
+        for command in ("modprobe", "sysctl", "update-initramfs", "swapoff"):
             wrapper = host.private_path(f"/usr/local/sbin/{command}")
             wrapper.write_text(
                 "#!/bin/sh\n"
@@ -296,6 +300,7 @@ class OnboardingLab:
             **source("kubernetes_node"),
             "kubernetes_node_cgroup_driver": "cgroupfs",
             "kubernetes_node_proc_modules": LAB_PROC_MODULES,
+            "kubernetes_node_proc_swaps": LAB_PROC_SWAPS,
             "kubernetes_node_ip": "{{ ansible_host }}",
             "kubernetes_node_kubelet_extra_args": [
                 "--cgroup-root={{ ansible_local.worldland_lab.kubelet_cgroup_root }}"

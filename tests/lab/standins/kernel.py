@@ -1,5 +1,5 @@
-"""Stand-ins for what changes the kernel of this machine itself: ``modprobe``, ``sysctl`` and
-``update-initramfs`` (one script; the wrapper's name says which).
+"""Stand-ins for what changes the kernel of this machine itself: ``modprobe``, ``sysctl``, ``swapoff``
+and ``update-initramfs`` (one script; the wrapper's name says which).
 
 A lab host shares this machine's kernel, so loading a module or setting a global sysctl from a host would
 change this machine. These keep the host's kernel state in ``kernel.json`` in the host's directory instead:
@@ -7,6 +7,7 @@ change this machine. These keep the host's kernel state in ``kernel.json`` in th
 ``/proc/modules``); ``sysctl`` keeps keys there - except those of the host's own network
 namespace (``net.*`` keys its ``/proc/sys`` has), which it sets for real - and reads fall back to
 ``/proc/sys``; a ``net.bridge.*`` key exists only once ``br_netfilter`` is loaded, as on a real kernel.
+``swapoff -a`` empties the host's ``proc_swaps`` file (what roles read in place of ``/proc/swaps``);
 ``update-initramfs -u`` records the call. Every invocation is logged.
 """
 
@@ -112,13 +113,21 @@ def sysctl(cfg: dict[str, Any], args: list[str]) -> int:
     return status
 
 
+def swapoff(cfg: dict[str, Any], args: list[str]) -> int:
+    """Turns the host's swaps file to no swap (this machine's own swap is never touched)."""
+    path = Path(cfg["proc_swaps"])
+    path.write_text(path.read_text().splitlines(keepends=True)[0] if path.exists() else "")
+    log(cfg, "swapoff", args=args)
+    return 0
+
+
 def update_initramfs(cfg: dict[str, Any], args: list[str]) -> int:
     log(cfg, "update-initramfs", args=args)
     print("update-initramfs: Generating /boot/initrd.img (worldland lab stand-in: nothing written)")
     return 0
 
 
-COMMANDS = {"modprobe": modprobe, "sysctl": sysctl, "update-initramfs": update_initramfs}
+COMMANDS = {"modprobe": modprobe, "sysctl": sysctl, "swapoff": swapoff, "update-initramfs": update_initramfs}
 
 if __name__ == "__main__":
     command = sys.argv[1] if len(sys.argv) > 1 else ""
