@@ -4,13 +4,13 @@ plugins/modules/device_plugin.py; the manifest is ``worldland.domain.device_plug
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from ansible.errors import AnsibleActionFail
-from ansible.plugins.action import ActionBase
+from ansible_collections.worldland.provider.plugins.plugin_utils.action import ControllerAction, ImportGuard
 
-try:
+IMPORTS = ImportGuard()  # reported when run, so ansible-doc still works without the worldland package
+with IMPORTS:
     from worldland.domain.device_plugin import (
         DEVICE_PLUGIN_CONTAINER,
         DEVICE_PLUGIN_NAME,
@@ -18,10 +18,6 @@ try:
         DEVICE_PLUGIN_VERSION,
         device_plugin_manifest,
     )
-except ImportError as _error:  # reported when run, so ansible-doc still works without it
-    IMPORT_ERROR: ImportError | None = _error
-else:
-    IMPORT_ERROR = None
 
 ARGUMENT_SPEC: dict[str, dict[str, Any]] = {
     "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
@@ -43,18 +39,14 @@ def _image_of(obj: dict[str, Any] | None) -> str | None:
     return None
 
 
-class ActionModule(ActionBase):  # type: ignore[misc]  # ansible-core is untyped: its base class is Any
-    TRANSFERS_FILES = False
-    _requires_connection = False
+class ActionModule(ControllerAction):
+    NAME = "device_plugin"
+    SUPPORTS_CHECK_MODE = True
+    imports = IMPORTS
 
-    def run(self, tmp: str | None = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
-        result: dict[str, Any] = super().run(tmp, task_vars)
-        if IMPORT_ERROR is not None:
-            raise AnsibleActionFail(f"device_plugin needs the worldland Python package: {IMPORT_ERROR}")
+    def act(self, result: dict[str, Any]) -> dict[str, Any]:
         _, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
-        kubeconfig = args.get("kubeconfig") or os.environ.get("WORLDLAND_KUBECONFIG")
-        if not kubeconfig:
-            raise AnsibleActionFail("device_plugin: kubeconfig (or WORLDLAND_KUBECONFIG) is required")
+        kubeconfig = self.kubeconfig(args)
         check = bool(self._play_context.check_mode)
         present = args["state"] == "present"
         version = args["version"] or DEVICE_PLUGIN_VERSION
@@ -64,12 +56,9 @@ class ActionModule(ActionBase):  # type: ignore[misc]  # ansible-core is untyped
                 manifest = device_plugin_manifest(version, args["image"])
             except ValueError as exc:
                 raise AnsibleActionFail(f"device_plugin: {exc}") from None
-        from worldland.kube import KubeClient, KubeError
+        cluster = self.open_cluster(kubeconfig)
+        from worldland.kube import KubeError
 
-        try:
-            cluster = KubeClient.from_kubeconfig(kubeconfig)
-        except (KubeError, ValueError) as exc:
-            raise AnsibleActionFail(f"device_plugin: Kubernetes: {exc}") from None
         try:
             before = cluster.read_daemon_set(DEVICE_PLUGIN_NAMESPACE, DEVICE_PLUGIN_NAME)
             if manifest is not None:

@@ -16,30 +16,16 @@ description:
   - A provider that is not Approved, or a cluster that fails, is an error (the reason is recorded on the
     provider and shown by C(worldland show)).
   - "Tasks that use the result must set C(no_log: true), since it holds a join token."
+extends_documentation_fragment:
+  - worldland.provider.connection.lookup
 options:
   _terms:
     description: Provider ids.
     required: true
     type: list
     elements: str
-  redis_url:
-    description: Redis URL of the deployment.
-    type: str
-    default: redis://127.0.0.1:6379/0
-    env:
-      - name: WORLDLAND_REDIS_URL
-  key_prefix:
-    description: Prefix of the deployment's Redis keys.
-    type: str
-    default: "worldland:"
-    env:
-      - name: WORLDLAND_KEY_PREFIX
   kubeconfig:
     description: Kubeconfig of the cluster the providers join.
-    type: path
-    required: true
-    env:
-      - name: WORLDLAND_KUBECONFIG
   join_endpoint:
     description: HOST:PORT the providers join (default the kubeconfig's server).
     type: str
@@ -47,10 +33,6 @@ options:
     description: Lifetime of a fresh join token, in seconds (900 to 3600).
     type: int
     default: 1800
-  timeout:
-    description: Redis socket timeout in seconds.
-    type: float
-    default: 5.0
 """
 
 EXAMPLES = r"""

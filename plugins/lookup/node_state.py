@@ -12,34 +12,14 @@ description:
     whether it exists, is Ready, how many C(nvidia.com/gpu) it has allocatable, and its labels.
   - Issues nothing and writes nothing (unlike M(worldland.provider.provider_node) and the C(join_params)
     lookup).
+extends_documentation_fragment:
+  - worldland.provider.connection.lookup
 options:
   _terms:
     description: Provider ids.
     required: true
     type: list
     elements: str
-  redis_url:
-    description: Redis URL of the deployment.
-    type: str
-    default: redis://127.0.0.1:6379/0
-    env:
-      - name: WORLDLAND_REDIS_URL
-  key_prefix:
-    description: Prefix of the deployment's Redis keys.
-    type: str
-    default: "worldland:"
-    env:
-      - name: WORLDLAND_KEY_PREFIX
-  kubeconfig:
-    description: Kubeconfig of the cluster.
-    type: path
-    required: true
-    env:
-      - name: WORLDLAND_KUBECONFIG
-  timeout:
-    description: Redis socket timeout in seconds.
-    type: float
-    default: 5.0
 """
 
 EXAMPLES = r"""

@@ -12,25 +12,14 @@ description:
   - Stores the message as the provider's last error (one line, at most 512 characters), which
     C(worldland show) and C(worldland status) print; the provider keeps its state (an Approved provider stays
     Approved) and the next C(onboard.yml) run tries it again. A later successful join clears it.
+extends_documentation_fragment:
+  - worldland.provider.provider_action
+  - worldland.provider.connection
 options:
-  provider_id:
-    description: The provider's id (for example the inventory's C(worldland_provider_id)).
-    type: str
-    required: true
   message:
     description: What failed; an empty string clears the last error.
     type: str
     required: true
-  redis_url:
-    description: Redis URL of the deployment (default C(WORLDLAND_REDIS_URL), else C(redis://127.0.0.1:6379/0)).
-    type: str
-  key_prefix:
-    description: Prefix of the deployment's Redis keys (default C(WORLDLAND_KEY_PREFIX), else C(worldland:)).
-    type: str
-attributes:
-  check_mode:
-    support: none
-    description: Not supported; in check mode the action is skipped.
 """
 
 EXAMPLES = r"""

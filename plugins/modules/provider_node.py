@@ -14,28 +14,15 @@ description:
     and offline taint through the Kubernetes API by the one rule the listener and the audit use, writing only
     what differs.
   - The same step as the listener's reconcile pass, for one provider, at once.
+extends_documentation_fragment:
+  - worldland.provider.provider_action
+  - worldland.provider.connection
+  - worldland.provider.connection.kubeconfig
 options:
-  provider_id:
-    description: The provider's id (for example the inventory's C(worldland_provider_id)).
-    type: str
-    required: true
   require_available:
     description: Fail unless the provider ends Available (a hard check, with the reason when it is not).
     type: bool
     default: false
-  redis_url:
-    description: Redis URL of the deployment (default C(WORLDLAND_REDIS_URL), else C(redis://127.0.0.1:6379/0)).
-    type: str
-  key_prefix:
-    description: Prefix of the deployment's Redis keys (default C(WORLDLAND_KEY_PREFIX), else C(worldland:)).
-    type: str
-  kubeconfig:
-    description: Kubeconfig of the cluster (default C(WORLDLAND_KUBECONFIG)).
-    type: path
-attributes:
-  check_mode:
-    support: none
-    description: Not supported; in check mode the action is skipped.
 """
 
 EXAMPLES = r"""

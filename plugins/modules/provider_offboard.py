@@ -22,11 +22,11 @@ description:
     recorded as the provider's last error and fails the task; running it again finishes the job.
   - The removed provider starts over only by registering again (Pending). The inventory does not list
     removed providers unless its C(statuses) include C(removed).
+extends_documentation_fragment:
+  - worldland.provider.provider_action
+  - worldland.provider.connection
+  - worldland.provider.connection.kubeconfig
 options:
-  provider_id:
-    description: The provider's id (for example the inventory's C(worldland_provider_id)).
-    type: str
-    required: true
   reason:
     description: Why, as the provider's status reason and in the answer its agent gets.
     type: str
@@ -41,19 +41,6 @@ options:
         what they hold stays in the capacity ledger until they are released (a later offboard takes it back).
     type: bool
     default: false
-  redis_url:
-    description: Redis URL of the deployment (default C(WORLDLAND_REDIS_URL), else C(redis://127.0.0.1:6379/0)).
-    type: str
-  key_prefix:
-    description: Prefix of the deployment's Redis keys (default C(WORLDLAND_KEY_PREFIX), else C(worldland:)).
-    type: str
-  kubeconfig:
-    description: Kubeconfig of the cluster (default C(WORLDLAND_KUBECONFIG)).
-    type: path
-attributes:
-  check_mode:
-    support: none
-    description: Not supported; in check mode the action is skipped.
 """
 
 EXAMPLES = r"""

@@ -1,0 +1,133 @@
+"""What the controller-side actions (``provider_node``, ``provider_error``, ``provider_offboard``,
+``device_plugin``) share: their guarded imports, the check-mode skip, the unknown-argument check, the
+Redis and Kubernetes settings from the task's arguments or the environment, and the ``Onboarding`` over them.
+
+Imports only ansible-core, so an action can import it before (and outside) its guarded imports.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from ansible.errors import AnsibleActionFail
+from ansible.plugins.action import ActionBase
+
+if TYPE_CHECKING:
+    from worldland.control.onboarding import Onboarding
+    from worldland.kube import KubeClient
+    from worldland.state.fleet import Fleet
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_KEY_PREFIX = "worldland:"
+
+
+class ImportGuard:
+    """``with guard:`` around a plugin's imports of the worldland package: an ``ImportError`` in the block
+    is kept in ``error`` (and the rest of the block skipped) instead of failing the import of the plugin,
+    so that ansible-doc still works without the package; the action reports it when run."""
+
+    def __init__(self) -> None:
+        self.error: ImportError | None = None
+
+    def __enter__(self) -> ImportGuard:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None
+    ) -> bool:
+        if isinstance(value, ImportError):
+            self.error = value
+            return True
+        return False
+
+
+def redis_settings(args: Mapping[str, Any]) -> tuple[str, str]:
+    """The Redis URL and key prefix: the task's ``redis_url``/``key_prefix``, else ``WORLDLAND_REDIS_URL``/
+    ``WORLDLAND_KEY_PREFIX``, else the defaults."""
+    url = args.get("redis_url") or os.environ.get("WORLDLAND_REDIS_URL") or DEFAULT_REDIS_URL
+    prefix = args.get("key_prefix") or os.environ.get("WORLDLAND_KEY_PREFIX") or DEFAULT_KEY_PREFIX
+    return url, prefix
+
+
+def kubeconfig_setting(args: Mapping[str, Any], who: str) -> str:
+    """The task's ``kubeconfig``, else ``WORLDLAND_KUBECONFIG``; without either the task fails."""
+    kubeconfig: str | None = args.get("kubeconfig") or os.environ.get("WORLDLAND_KUBECONFIG")
+    if not kubeconfig:
+        raise AnsibleActionFail(f"{who}: kubeconfig (or WORLDLAND_KUBECONFIG) is required")
+    return kubeconfig
+
+
+class ControllerAction(ActionBase):  # type: ignore[misc]  # ansible-core is untyped: its base class is Any
+    """An action that runs on the controller only (no connection to the host, no files sent).
+
+    ``run`` fails when ``imports`` kept an ``ImportError``, skips the task in check mode unless
+    ``SUPPORTS_CHECK_MODE``, then returns ``act(result)``.
+    """
+
+    TRANSFERS_FILES = False
+    _requires_connection = False
+
+    NAME = ""  # the action's short name, at the head of its messages
+    SUPPORTS_CHECK_MODE = False  # False: it writes state and is skipped in check mode
+    imports = ImportGuard()  # the guard around the action's imports of the worldland package
+
+    def run(self, tmp: str | None = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = super().run(tmp, task_vars)
+        if self.imports.error is not None:
+            raise AnsibleActionFail(f"{self.NAME} needs the worldland Python package: {self.imports.error}")
+        if not self.SUPPORTS_CHECK_MODE and self._play_context.check_mode:
+            result.update(skipped=True, msg=f"check mode: {self.NAME} writes state and does not simulate it")
+            return result
+        return self.act(result)
+
+    def act(self, result: dict[str, Any]) -> dict[str, Any]:
+        """The action itself, on ``result`` as ``ActionBase.run`` made it."""
+        raise NotImplementedError
+
+    def unknown_args(self, allowed: set[str]) -> list[str]:
+        """The task's arguments that are not in ``allowed``, sorted."""
+        return sorted(set(self._task.args) - allowed)
+
+    def open_fleet(self, args: Mapping[str, Any]) -> AbstractContextManager[Fleet]:
+        """``open_fleet`` of the Redis in ``args`` (or the environment), with a 5 s socket timeout."""
+        try:
+            from ansible_collections.worldland.provider.plugins.plugin_utils.fleet import open_fleet
+        except ImportError as exc:
+            raise AnsibleActionFail(f"{self.NAME} needs the worldland Python package: {exc}") from None
+        url, prefix = redis_settings(args)
+        return open_fleet(url, prefix, 5.0, self.NAME)
+
+    @contextmanager
+    def onboarding(self, args: Mapping[str, Any], *, with_cluster: bool = True) -> Iterator[Onboarding]:
+        """``Onboarding`` over the fleet of ``open_fleet(args)`` and, ``with_cluster``, the Kubernetes client
+        of ``kubeconfig(args)`` (opened first, closed after the block)."""
+        try:
+            from worldland.control.onboarding import Onboarding
+            from worldland.domain.policy import ApprovalPolicy
+            from worldland.protocol.streams import StreamNames
+        except ImportError as exc:
+            raise AnsibleActionFail(f"{self.NAME} needs the worldland Python package: {exc}") from None
+        cluster = self.open_cluster(self.kubeconfig(args)) if with_cluster else None
+        try:
+            with self.open_fleet(args) as fleet:
+                yield Onboarding(fleet=fleet, streams=StreamNames(), policy=ApprovalPolicy(), cluster=cluster)
+        finally:
+            if cluster is not None:
+                cluster.close()
+
+    def kubeconfig(self, args: Mapping[str, Any]) -> str:
+        """``kubeconfig_setting`` of ``args`` for this action."""
+        return kubeconfig_setting(args, self.NAME)
+
+    def open_cluster(self, kubeconfig: str) -> KubeClient:
+        """The Kubernetes client of ``kubeconfig``; one that does not load fails the task."""
+        from worldland.kube import KubeClient, KubeError
+
+        try:
+            return KubeClient.from_kubeconfig(kubeconfig)
+        except (KubeError, ValueError) as exc:
+            raise AnsibleActionFail(f"{self.NAME}: Kubernetes: {exc}") from None
