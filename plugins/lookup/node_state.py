@@ -49,6 +49,11 @@ from ansible.utils.unsafe_proxy import wrap_var  # noqa: E402
 
 try:
     from ansible_collections.worldland.provider.plugins.plugin_utils.fleet import open_fleet
+
+    from worldland.control.onboarding import JoinUnavailable, Onboarding
+    from worldland.domain.policy import ApprovalPolicy
+    from worldland.protocol.streams import StreamNames
+    from worldland.state.providers import UnknownProvider
 except ImportError as _error:  # reported by run(), so ansible-doc still works without it
     IMPORT_ERROR: ImportError | None = _error
 else:
@@ -66,32 +71,32 @@ class LookupModule(LookupBase):  # type: ignore[misc]  # ansible-core is untyped
             cluster = KubeClient.from_kubeconfig(self.get_option("kubeconfig"))
         except (KubeError, ValueError) as exc:
             raise AnsibleLookupError(f"node_state: Kubernetes: {exc}") from None
-        results = []
+        ids = [str(term) for term in terms]
         url, prefix = self.get_option("redis_url"), self.get_option("key_prefix")
         try:
             with open_fleet(url, prefix, float(self.get_option("timeout")), "node_state") as fleet:
-                for term in terms:
-                    provider_id = str(term)
-                    record = fleet.store.get(provider_id)
-                    if record is None or not record.node_name:
-                        raise AnsibleLookupError(
-                            f"node_state: {provider_id}: no such provider, or no node name"
-                        )
-                    try:
-                        node = cluster.node_state(record.node_name)
-                    except KubeError as exc:
-                        raise AnsibleLookupError(f"node_state: {provider_id}: Kubernetes: {exc}") from None
-                    results.append(
-                        wrap_var(
-                            {
-                                "name": node.name,
-                                "exists": node.exists,
-                                "ready": node.ready,
-                                "gpu_allocatable": node.gpu_allocatable,
-                                "labels": dict(node.labels),
-                            }
-                        )
-                    )
+                onboarding = Onboarding(
+                    fleet=fleet, streams=StreamNames(), policy=ApprovalPolicy(), cluster=cluster
+                )
+                try:
+                    nodes = onboarding.provider_nodes(ids)
+                except UnknownProvider as exc:
+                    raise AnsibleLookupError(
+                        f"node_state: {exc.provider_id}: no such provider, or no node name"
+                    ) from None
+                except (JoinUnavailable, KubeError) as exc:
+                    raise AnsibleLookupError(f"node_state: Kubernetes: {exc}") from None
         finally:
             cluster.close()
-        return results
+        return [
+            wrap_var(
+                {
+                    "name": node.name,
+                    "exists": node.exists,
+                    "ready": node.ready,
+                    "gpu_allocatable": node.gpu_allocatable,
+                    "labels": dict(node.labels),
+                }
+            )
+            for node in (nodes[provider_id] for provider_id in ids)
+        ]

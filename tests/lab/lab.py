@@ -653,23 +653,7 @@ class LabHost:
 
     @property
     def inventory_vars(self) -> dict[str, Any]:
-        lab = self.lab
-        common = [
-            "-F /dev/null",
-            f"-o UserKnownHostsFile={lab.known_hosts}",
-            "-o GlobalKnownHostsFile=/dev/null",
-            "-o StrictHostKeyChecking=yes",
-            "-o IdentitiesOnly=yes",
-            f"-o ControlPath={lab.dir}/cp/%r@%h",
-        ]
-        return {
-            "ansible_host": self.address,
-            "ansible_port": 22,
-            "ansible_user": "root",
-            "ansible_ssh_private_key_file": str(lab.key),
-            "ansible_ssh_common_args": " ".join(common),
-            "ansible_python_interpreter": "/usr/bin/python3",
-        }
+        return {"ansible_host": self.address, **self.lab.connection_vars()}
 
     def ssh_argv(self, *command: str) -> list[str]:
         lab = self.lab
@@ -1335,6 +1319,25 @@ class Lab:
                 raise LabError(f"sshd did not come up on: {', '.join(h.name for h in pending)}")
             if pending:
                 time.sleep(0.02)
+
+    def connection_vars(self) -> dict[str, Any]:
+        """Ansible's connection vars for every host of this lab (all but ``ansible_host``): root over SSH
+        with the lab's key, its host keys only, and its control sockets."""
+        common = [
+            "-F /dev/null",
+            f"-o UserKnownHostsFile={self.known_hosts}",
+            "-o GlobalKnownHostsFile=/dev/null",
+            "-o StrictHostKeyChecking=yes",
+            "-o IdentitiesOnly=yes",
+            f"-o ControlPath={self.dir}/cp/%r@%h",
+        ]
+        return {
+            "ansible_port": 22,
+            "ansible_user": "root",
+            "ansible_ssh_private_key_file": str(self.key),
+            "ansible_ssh_common_args": " ".join(common),
+            "ansible_python_interpreter": "/usr/bin/python3",
+        }
 
     def restart_hosts(self, hosts: list[LabHost] | None = None, keep_config: bool = False) -> None:
         """Fresh hosts: close their SSH masters, kill every process in their namespaces, wipe their

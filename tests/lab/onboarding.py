@@ -256,22 +256,7 @@ class OnboardingLab:
         return {**self.connection_vars(), **self.role_vars()}
 
     def connection_vars(self) -> dict[str, Any]:
-        lab = self.lab
-        ssh = [
-            "-F /dev/null",
-            f"-o UserKnownHostsFile={lab.known_hosts}",
-            "-o GlobalKnownHostsFile=/dev/null",
-            "-o StrictHostKeyChecking=yes",
-            "-o IdentitiesOnly=yes",
-            f"-o ControlPath={lab.dir}/cp/%r@%h",
-        ]
-        return {
-            "ansible_user": "root",
-            "ansible_port": 22,
-            "ansible_ssh_private_key_file": str(lab.key),
-            "ansible_ssh_common_args": " ".join(ssh),
-            "ansible_python_interpreter": "/usr/bin/python3",
-        }
+        return self.lab.connection_vars()
 
     def role_vars(self) -> dict[str, Any]:
         """The roles' variables that point them at the lab's repository and stand-ins."""

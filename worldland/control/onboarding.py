@@ -54,6 +54,7 @@ from worldland.state.providers import (
     ProviderStore,
     StatusConflict,
     StoreError,
+    UnknownProvider,
     WalletMismatch,
     approved_registration,
     same_wallet,
@@ -602,6 +603,20 @@ class Onboarding:
             node_written=provider_id in report.synced,
             waiting=report.waiting.get(provider_id),
         )
+
+    def provider_nodes(self, provider_ids: Iterable[str]) -> dict[str, NodeState]:
+        """Each provider's node (by its recorded node name) as the cluster sees it: the records in one
+        batched read, the nodes in one ``node_states`` call. Raises ``JoinUnavailable`` without a
+        cluster, ``UnknownProvider`` for an id with no record or no node name."""
+        if self.cluster is None:
+            raise JoinUnavailable("no Kubernetes access configured")
+        ids = list(dict.fromkeys(provider_ids))
+        names = {r.provider_id: r.node_name for r in self.store.get_many(ids) if r.node_name}
+        for provider_id in ids:
+            if provider_id not in names:
+                raise UnknownProvider(provider_id)
+        states = self.cluster.node_states(names.values())
+        return {provider_id: states[name] for provider_id, name in names.items()}
 
     def record_onboarding_error(self, provider_id: str, message: str) -> str:
         """Record why onboarding ``provider_id`` failed (shown by ``worldland show``); it stays in its
