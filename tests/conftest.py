@@ -10,6 +10,9 @@ import redis
 
 from testkit.kube_server.fixtures import kube_api, kube_server  # noqa: F401 (fixtures)
 from testkit.redis_server import RedisServer
+from worldland.protocol.streams import StreamNames
+from worldland.state.connection import connect
+from worldland.state.fleet import Fleet
 from worldland.state.keys import Keys
 
 # The SSH lab's fixtures (lab, lab_pool, lab_gateway): tests/lab/fixtures.py; the real control plane
@@ -54,3 +57,19 @@ def load_protocol(name: str) -> dict:
 
 def load_go_agent(name: str) -> dict:
     return json.loads((GO_AGENT / name).read_text())
+
+
+# Per test: its own stream namespace, a decoding client and the fleet over it (test files may override).
+@pytest.fixture
+def names() -> StreamNames:
+    return StreamNames(namespace=f"t{uuid.uuid4().hex[:6]}:")
+
+
+@pytest.fixture
+def client(redis_url: str) -> redis.Redis:
+    return connect(redis_url)
+
+
+@pytest.fixture
+def fleet(client: redis.Redis, keys: Keys) -> Fleet:
+    return Fleet.open(client, keys)

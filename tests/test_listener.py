@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import uuid
 
 import pytest
 import redis
@@ -20,27 +19,9 @@ from worldland.domain.join import join_command
 from worldland.domain.lifecycle import Status
 from worldland.domain.policy import ApprovalMode, ApprovalPolicy
 from worldland.protocol.streams import AGENT_RESPONSE_GROUP, StreamNames
-from worldland.state.connection import connect
-from worldland.state.fleet import Fleet
-from worldland.state.keys import Keys
 from worldland.state.ledger import CapacityError
 
 AGENT_ID = "0x3f5CE5FBFe3E9af3971dD833D26bA9b5C936f0bE"
-
-
-@pytest.fixture
-def names() -> StreamNames:
-    return StreamNames(namespace=f"t{uuid.uuid4().hex[:6]}:")
-
-
-@pytest.fixture
-def client(redis_url: str) -> redis.Redis:
-    return connect(redis_url)
-
-
-@pytest.fixture
-def fleet(client: redis.Redis, keys: Keys) -> Fleet:
-    return Fleet.open(client, keys)
 
 
 @pytest.fixture

@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from dataclasses import dataclass, field
 
 import pytest
-import redis
 
 from testkit.factories import heartbeat_dict, registration, registration_dict
 from testkit.fleet import put_in
@@ -24,27 +22,11 @@ from worldland.domain.policy import ApprovalMode, ApprovalPolicy
 from worldland.kube import BootstrapTokenInfo, DrainResult, KubeUnavailable, NodeState
 from worldland.protocol.messages import CapacityUpdate, parse_heartbeat
 from worldland.protocol.streams import StreamNames
-from worldland.state.connection import connect
 from worldland.state.fleet import Fleet
 from worldland.state.keys import Keys
 from worldland.state.ledger import Capacity
 
 S = Status
-
-
-@pytest.fixture
-def names() -> StreamNames:
-    return StreamNames(namespace=f"t{uuid.uuid4().hex[:6]}:")
-
-
-@pytest.fixture
-def client(redis_url: str) -> redis.Redis:
-    return connect(redis_url)
-
-
-@pytest.fixture
-def fleet(client: redis.Redis, keys: Keys) -> Fleet:
-    return Fleet.open(client, keys)
 
 
 def last_answer(fleet: Fleet, names: StreamNames, pid: str) -> dict:
