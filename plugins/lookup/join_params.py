@@ -66,11 +66,9 @@ from ansible.plugins.lookup import LookupBase  # noqa: E402
 from ansible.utils.unsafe_proxy import wrap_var  # noqa: E402
 
 try:
-    from ansible_collections.worldland.provider.plugins.plugin_utils.fleet import open_fleet
+    from ansible_collections.worldland.provider.plugins.plugin_utils.onboarding import open_onboarding
 
-    from worldland.control.onboarding import JoinUnavailable, Onboarding
-    from worldland.domain.policy import ApprovalPolicy
-    from worldland.protocol.streams import StreamNames
+    from worldland.control.onboarding import JoinUnavailable
 except ImportError as _error:  # reported by run(), so ansible-doc still works without it
     IMPORT_ERROR: ImportError | None = _error
 else:
@@ -82,24 +80,17 @@ class LookupModule(LookupBase):  # type: ignore[misc]  # ansible-core is untyped
         if IMPORT_ERROR is not None:
             raise AnsibleLookupError(f"join_params needs the worldland Python package: {IMPORT_ERROR}")
         self.set_options(var_options=variables, direct=kwargs)
-        from worldland.kube import KubeClient, KubeError
-
-        try:
-            cluster = KubeClient.from_kubeconfig(
-                self.get_option("kubeconfig"), join_endpoint=self.get_option("join_endpoint")
-            )
-        except (KubeError, ValueError) as exc:
-            raise AnsibleLookupError(f"join_params: Kubernetes: {exc}") from None
         results = []
-        url, prefix = self.get_option("redis_url"), self.get_option("key_prefix")
-        with open_fleet(url, prefix, float(self.get_option("timeout")), "join_params") as fleet:
-            onboarding = Onboarding(
-                fleet=fleet,
-                streams=StreamNames(),
-                policy=ApprovalPolicy(),
-                cluster=cluster,
-                token_ttl_s=int(self.get_option("token_ttl")),
-            )
+        with open_onboarding(
+            "join_params",
+            AnsibleLookupError,
+            kubeconfig=self.get_option("kubeconfig"),
+            join_endpoint=self.get_option("join_endpoint"),
+            redis_url=self.get_option("redis_url"),
+            key_prefix=self.get_option("key_prefix"),
+            timeout=float(self.get_option("timeout")),
+            token_ttl_s=int(self.get_option("token_ttl")),
+        ) as onboarding:
             for term in terms:
                 provider_id = str(term)
                 try:
@@ -118,5 +109,4 @@ class LookupModule(LookupBase):  # type: ignore[misc]  # ansible-core is untyped
                         }
                     )
                 )
-        cluster.close()
         return results

@@ -48,11 +48,10 @@ from ansible.plugins.lookup import LookupBase  # noqa: E402
 from ansible.utils.unsafe_proxy import wrap_var  # noqa: E402
 
 try:
-    from ansible_collections.worldland.provider.plugins.plugin_utils.fleet import open_fleet
+    from ansible_collections.worldland.provider.plugins.plugin_utils.onboarding import open_onboarding
 
-    from worldland.control.onboarding import JoinUnavailable, Onboarding
-    from worldland.domain.policy import ApprovalPolicy
-    from worldland.protocol.streams import StreamNames
+    from worldland.control.onboarding import JoinUnavailable
+    from worldland.kube import KubeError
     from worldland.state.providers import UnknownProvider
 except ImportError as _error:  # reported by run(), so ansible-doc still works without it
     IMPORT_ERROR: ImportError | None = _error
@@ -65,29 +64,23 @@ class LookupModule(LookupBase):  # type: ignore[misc]  # ansible-core is untyped
         if IMPORT_ERROR is not None:
             raise AnsibleLookupError(f"node_state needs the worldland Python package: {IMPORT_ERROR}")
         self.set_options(var_options=variables, direct=kwargs)
-        from worldland.kube import KubeClient, KubeError
-
-        try:
-            cluster = KubeClient.from_kubeconfig(self.get_option("kubeconfig"))
-        except (KubeError, ValueError) as exc:
-            raise AnsibleLookupError(f"node_state: Kubernetes: {exc}") from None
         ids = [str(term) for term in terms]
-        url, prefix = self.get_option("redis_url"), self.get_option("key_prefix")
-        try:
-            with open_fleet(url, prefix, float(self.get_option("timeout")), "node_state") as fleet:
-                onboarding = Onboarding(
-                    fleet=fleet, streams=StreamNames(), policy=ApprovalPolicy(), cluster=cluster
-                )
-                try:
-                    nodes = onboarding.provider_nodes(ids)
-                except UnknownProvider as exc:
-                    raise AnsibleLookupError(
-                        f"node_state: {exc.provider_id}: no such provider, or no node name"
-                    ) from None
-                except (JoinUnavailable, KubeError) as exc:
-                    raise AnsibleLookupError(f"node_state: Kubernetes: {exc}") from None
-        finally:
-            cluster.close()
+        with open_onboarding(
+            "node_state",
+            AnsibleLookupError,
+            kubeconfig=self.get_option("kubeconfig"),
+            redis_url=self.get_option("redis_url"),
+            key_prefix=self.get_option("key_prefix"),
+            timeout=float(self.get_option("timeout")),
+        ) as onboarding:
+            try:
+                nodes = onboarding.provider_nodes(ids)
+            except UnknownProvider as exc:
+                raise AnsibleLookupError(
+                    f"node_state: {exc.provider_id}: no such provider, or no node name"
+                ) from None
+            except (JoinUnavailable, KubeError) as exc:
+                raise AnsibleLookupError(f"node_state: Kubernetes: {exc}") from None
         return [
             wrap_var(
                 {

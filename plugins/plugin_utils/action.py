@@ -8,8 +8,8 @@ Imports only ansible-core, so an action can import it before (and outside) its g
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +19,6 @@ from ansible.plugins.action import ActionBase
 if TYPE_CHECKING:
     from worldland.control.onboarding import Onboarding
     from worldland.kube import KubeClient
-    from worldland.state.fleet import Fleet
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_KEY_PREFIX = "worldland:"
@@ -92,32 +91,24 @@ class ControllerAction(ActionBase):  # type: ignore[misc]  # ansible-core is unt
         """The task's arguments that are not in ``allowed``, sorted."""
         return sorted(set(self._task.args) - allowed)
 
-    def open_fleet(self, args: Mapping[str, Any]) -> AbstractContextManager[Fleet]:
-        """``open_fleet`` of the Redis in ``args`` (or the environment), with a 5 s socket timeout."""
+    def onboarding(
+        self, args: Mapping[str, Any], *, with_cluster: bool = True
+    ) -> AbstractContextManager[Onboarding]:
+        """``open_onboarding`` over the Redis in ``args`` (or the environment) and, ``with_cluster``, the
+        Kubernetes client of ``kubeconfig(args)``."""
         try:
-            from ansible_collections.worldland.provider.plugins.plugin_utils.fleet import open_fleet
+            from ansible_collections.worldland.provider.plugins.plugin_utils.onboarding import open_onboarding
         except ImportError as exc:
             raise AnsibleActionFail(f"{self.NAME} needs the worldland Python package: {exc}") from None
         url, prefix = redis_settings(args)
-        return open_fleet(url, prefix, 5.0, self.NAME)
-
-    @contextmanager
-    def onboarding(self, args: Mapping[str, Any], *, with_cluster: bool = True) -> Iterator[Onboarding]:
-        """``Onboarding`` over the fleet of ``open_fleet(args)`` and, ``with_cluster``, the Kubernetes client
-        of ``kubeconfig(args)`` (opened first, closed after the block)."""
-        try:
-            from worldland.control.onboarding import Onboarding
-            from worldland.domain.policy import ApprovalPolicy
-            from worldland.protocol.streams import StreamNames
-        except ImportError as exc:
-            raise AnsibleActionFail(f"{self.NAME} needs the worldland Python package: {exc}") from None
-        cluster = self.open_cluster(self.kubeconfig(args)) if with_cluster else None
-        try:
-            with self.open_fleet(args) as fleet:
-                yield Onboarding(fleet=fleet, streams=StreamNames(), policy=ApprovalPolicy(), cluster=cluster)
-        finally:
-            if cluster is not None:
-                cluster.close()
+        return open_onboarding(
+            self.NAME,
+            AnsibleActionFail,
+            kubeconfig=self.kubeconfig(args) if with_cluster else None,
+            redis_url=url,
+            key_prefix=prefix,
+            timeout=5.0,
+        )
 
     def kubeconfig(self, args: Mapping[str, Any]) -> str:
         """``kubeconfig_setting`` of ``args`` for this action."""
