@@ -11,6 +11,7 @@ from testkit.fleet import put_in
 from tests.conftest import load_protocol
 from worldland.domain.lifecycle import Status
 from worldland.protocol.messages import Heartbeat, parse_heartbeat
+from worldland.state.fleet import Fleet
 from worldland.state.heartbeats import HeartbeatIndex
 from worldland.state.keys import Keys
 from worldland.state.providers import ProviderStore
@@ -118,3 +119,25 @@ def test_record_many_batches_and_keeps_order(store, index, monkeypatch):
     assert [o.provider_id for o in outcomes] == [b.provider_id for b in beats]
     assert [o.accepted for o in outcomes] == [True] * 5 + [False]
     assert index.stale(10, now=61.0) == [(f"p-{i}", 50.0) for i in range(5)]
+
+
+@pytest.mark.parametrize("leave", ["remove", "reject"])
+def test_a_provider_out_of_the_fleet_is_never_counted_stale_again(redis_client, keys, clock, leave):
+    fleet = Fleet.open(redis_client, keys, clock)
+    # an agent beats from approval on; only Pending and Approved may be rejected, any approved one removed
+    put_in(fleet.store, "gone", Status.AVAILABLE if leave == "remove" else Status.APPROVED)
+    put_in(fleet.store, "quiet", Status.AVAILABLE)
+    for pid in ("gone", "quiet"):
+        fleet.heartbeats.record(beat(pid))
+    clock.now += 300
+    assert fleet.heartbeats.count_stale() == 2
+    if leave == "remove":
+        fleet.remove("gone", "hardware returned")
+    else:
+        fleet.reject("gone", "terms broken")
+    assert fleet.heartbeats.count_stale() == 1
+    assert [pid for pid, _ in fleet.heartbeats.stale()] == ["quiet"]
+    # its beats are dropped from now on, and its last beat's details are kept
+    assert not fleet.heartbeats.record(beat("gone")).accepted
+    assert fleet.heartbeats.count_stale() == 1
+    assert fleet.heartbeats.last_beats(["gone"])["gone"] is not None

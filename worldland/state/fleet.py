@@ -61,16 +61,19 @@ class Fleet:
         reason = checked_reason(reason, "rejected")
         result = self.store.transition(provider_id, Status.REJECTED, reason=reason)
         self.store.mark_rejected_by_operator(provider_id)
+        self.heartbeats.forget(provider_id)
         return result
 
     def remove(self, provider_id: str, reason: str, *, expected: Status | None = None) -> TransitionResult:
         """Mark a provider offboarded (Removed, with the reason; ``expected`` makes it a compare-and-set),
-        dropping a registration change that waited for approval. Its node, token and capacity are the
+        dropping a registration change that waited for approval and its place in the heartbeat index (never
+        counted stale again). Its node, token and capacity are the
         caller's (``worldland.control.offboarding``)."""
         reason = checked_reason(reason, "offboarded")
         result = self.store.transition(provider_id, Status.REMOVED, reason=reason, expected=expected)
         if result.changed:
             self.store.drop_held_change(provider_id)
+        self.heartbeats.forget(provider_id)
         return result
 
     def provider_views(self, statuses: list[Status] | None = None) -> list[dict[str, Any]]:

@@ -112,6 +112,11 @@ class HeartbeatIndex:
             outcome.provider_id, "recovered", result.current.value, outcome.active_jobs_changed
         )
 
+    def forget(self, provider_id: str) -> None:
+        """Take a provider out of the fleet's liveness (rejected or offboarded: its beats are dropped from
+        now on), so it is never counted stale or audited again. Its last beat's details stay."""
+        self.client.zrem(self.keys.heartbeat_index, provider_id)
+
     def last_beat_times(self, provider_ids: Iterable[str]) -> dict[str, float | None]:
         ids = list(provider_ids)
         scores = self.client.zmscore(self.keys.heartbeat_index, ids) if ids else []
