@@ -1,12 +1,13 @@
 """What the ``worldland`` commands share: printing (never markup), errors as one line, the context
-that opens Redis and Kubernetes, and the common options."""
+that opens Redis and Kubernetes, and the common options (the connection options on every command)."""
 
 from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -64,17 +65,71 @@ def cell(value: Any) -> Text:
     return Text(plain(value))
 
 
-def console() -> Console:
+# Not on a terminal (a pipe, a file) and no COLUMNS: tables are as wide as their content, a row per line,
+# so that grep and awk see whole values.
+UNWRAPPED_WIDTH = 10_000
+
+
+def cell_lines(lines: Iterable[Any]) -> Text:
+    """A cell of several lines, each as ``cell`` makes it (a newline inside a value is shown escaped)."""
+    return Text("\n".join(plain(line) for line in lines))
+
+
+def console(*, wide: bool = False) -> Console:
     """The console tables print on. Markup, emoji codes and highlighting are off: everything printed
-    is data (cells are Text objects as well, so a str passed by mistake still prints literally)."""
-    return Console(markup=False, emoji=False, highlight=False)
+    is data (cells are Text objects as well, so a str passed by mistake still prints literally).
+
+    On a terminal it is the terminal's width; ``wide`` (``--wide``), or stdout not a terminal with no
+    ``COLUMNS`` set, lets tables take the width their content needs."""
+    width = None
+    if wide or (not sys.stdout.isatty() and not os.environ.get("COLUMNS", "").isdigit()):
+        width = UNWRAPPED_WIDTH
+    return Console(markup=False, emoji=False, highlight=False, width=width)
+
+
+def age_text(seconds: float | None) -> str:
+    """``12 s ago``, ``5 min ago``, ``3 h ago``, ``2 d ago``; ``never`` for None. Seconds up to 3 min, so
+    that a heartbeat near the 120 s staleness threshold reads exactly."""
+    if seconds is None:
+        return "never"
+    whole = int(seconds)
+    if whole < 180:
+        return f"{whole} s ago"
+    if whole < 2 * 3600:
+        return f"{whole // 60} min ago"
+    if whole < 2 * 86400:
+        return f"{whole // 3600} h ago"
+    return f"{whole // 86400} d ago"
 
 
 class Context:
-    def __init__(self, redis_url: str, keys: Keys) -> None:
+    """The connection the command works on: the group's ``--redis-url``/``--key-prefix``, or the same
+    options given after the command (``with_connection_options``). The key prefix is checked when a
+    command first needs Redis, so one given after the command can correct one from the environment."""
+
+    def __init__(self, redis_url: str, key_prefix: str, key_prefix_source: str = "--key-prefix") -> None:
         self.redis_url = redis_url
-        self.keys = keys
+        self.key_prefix = key_prefix
+        self.key_prefix_source = key_prefix_source  # the option or variable an error names
+        self._keys: Keys | None = None
         self._fleet: Fleet | None = None
+
+    def use(self, redis_url: str | None, key_prefix: str | None) -> None:
+        """The connection options given after the command: they win over those before it."""
+        if redis_url is not None:
+            self.redis_url = redis_url
+        if key_prefix is not None:
+            self.key_prefix, self.key_prefix_source = key_prefix, "--key-prefix"
+        self._keys = self._fleet = None
+
+    @property
+    def keys(self) -> Keys:
+        if self._keys is None:
+            try:
+                self._keys = Keys(self.key_prefix)
+            except ValueError as exc:
+                fail(f"{self.key_prefix_source}: {str(exc).removeprefix('key_prefix: ')}")
+        return self._keys
 
     @property
     def fleet(self) -> Fleet:
@@ -115,6 +170,39 @@ KUBECONFIG_OPTION = click.option(
 STREAM_NAMESPACE_OPTION = click.option(
     "--stream-namespace", default="", hidden=True, help="Prefix of the stream names (tests only)."
 )
+
+
+def with_connection_options(command: click.Command) -> click.Command:
+    """``command`` accepts ``--redis-url`` and ``--key-prefix`` too, so that they may also follow it
+    (``worldland status --redis-url URL``); given there, they win over those given before it."""
+    if any(param.name == "connection_redis_url" for param in command.params):
+        return command  # (already given them)
+    command.params += [
+        click.Option(
+            ["--redis-url", "connection_redis_url"],
+            metavar="URL",
+            help="As `worldland --redis-url`, which it overrides (either place works).",
+        ),
+        click.Option(
+            ["--key-prefix", "connection_key_prefix"],
+            metavar="PREFIX",
+            help="As `worldland --key-prefix`, which it overrides (either place works).",
+        ),
+    ]
+    callback = command.callback
+    assert callback is not None
+
+    @functools.wraps(callback)
+    def with_connection(
+        *args: Any, connection_redis_url: str | None, connection_key_prefix: str | None, **kwargs: Any
+    ) -> Any:
+        obj = click.get_current_context().find_object(Context)
+        if obj is not None:
+            obj.use(connection_redis_url, connection_key_prefix)
+        return callback(*args, **kwargs)
+
+    command.callback = with_connection
+    return command
 
 
 def load_policy(path: str) -> ApprovalPolicy:
@@ -158,12 +246,3 @@ def handles_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 
 def print_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=False))
-
-
-def _gpu_summary(capacity: dict[str, Any] | None) -> str:
-    if not capacity:
-        return ""
-    parts = []
-    for model, counts in sorted((capacity.get("gpus") or {}).items()):
-        parts.append(f"{model} {counts['available']}/{counts['total']}")
-    return ", ".join(parts)

@@ -45,8 +45,21 @@ from worldland.state.connection import (
 )
 @click.option("--group", default=DEFAULT_GROUP, show_default=True, help="Consumer group.")
 @click.option("--consumer", default="", help="Consumer name [default: host-pid].")
-@click.option("--batch", type=click.IntRange(1, 10_000), default=500, show_default=True)
-@click.option("--block-ms", type=click.IntRange(1, 60_000), default=1000, show_default=True)
+@click.option(
+    "--batch",
+    type=click.IntRange(1, 10_000),
+    default=500,
+    show_default=True,
+    help="Entries read per stream in one XREADGROUP (and claimed in one XAUTOCLAIM).",
+)
+@click.option(
+    "--block-ms",
+    type=click.IntRange(1, 60_000),
+    default=1000,
+    show_default=True,
+    help="Milliseconds a read waits for new entries when the streams are idle (also how soon an idle "
+    "listener notices SIGTERM and runs its interval work).",
+)
 @click.option(
     "--claim-idle-ms",
     type=click.IntRange(1000),
@@ -68,8 +81,19 @@ from worldland.state.connection import (
     show_default=True,
     help="Seconds between reconcile passes (tokens retried, Joined/Available).",
 )
-@click.option("--metrics-port", type=click.IntRange(0, 65535), default=0, help="Serve Prometheus metrics.")
-@click.option("--metrics-address", default="127.0.0.1", show_default=True)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=0,
+    help="Serve Prometheus metrics on this port (/metrics); 0, the default, serves none. The log says "
+    "where they are served.",
+)
+@click.option(
+    "--metrics-address",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address the metrics server binds (0.0.0.0 or :: for every interface).",
+)
 @click.option(
     "--max-deliveries",
     type=click.IntRange(1, 1000),
@@ -99,7 +123,12 @@ from worldland.state.connection import (
     help="With --onboard: inventory for the worldland plugin (repeatable) "
     "[default: inventory/worldland.yml].",
 )
-@click.option("--onboard-playbook", default=DEFAULT_PLAYBOOK, show_default=True)
+@click.option(
+    "--onboard-playbook",
+    default=DEFAULT_PLAYBOOK,
+    show_default=True,
+    help="With --onboard: the playbook each run runs (a file, or a collection playbook name).",
+)
 @click.option("--onboard-forks", type=click.IntRange(1, 1000), help="Hosts in parallel [default: Ansible's].")
 @click.option(
     "--onboard-check-interval",
@@ -115,7 +144,13 @@ from worldland.state.connection import (
     show_default=True,
     help="Seconds before the first retry of a failed run; doubles per retry.",
 )
-@click.option("--onboard-retry-max-delay", type=click.FloatRange(0.01), default=300.0, show_default=True)
+@click.option(
+    "--onboard-retry-max-delay",
+    type=click.FloatRange(0.01),
+    default=300.0,
+    show_default=True,
+    help="The longest wait between retries, seconds.",
+)
 @click.option(
     "--onboard-retries",
     type=click.IntRange(0, 100),
@@ -126,7 +161,13 @@ from worldland.state.connection import (
 @RUNS_DIR_OPTION
 @KEEP_RUNS_OPTION
 @ANSIBLE_CONFIG_OPTION
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+    help="Least severe level logged (JSON lines on stderr).",
+)
 @STREAM_NAMESPACE_OPTION
 @click.pass_obj
 @handles_errors
@@ -203,6 +244,7 @@ def listen(
     listener = Listener(onboarding, settings, onboard=queue)
     listener.install_signal_handlers()
     if metrics_port:
+        listener.metrics.count_providers(onboarding.fleet.store)
         try:
             listener.serve_metrics(metrics_port, metrics_address)
         except OSError as exc:

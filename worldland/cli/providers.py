@@ -2,25 +2,28 @@
 
 from __future__ import annotations
 
-import json
-
 import click
-from rich.table import Table
 
 from worldland.cli.common import (
     KUBECONFIG_OPTION,
     STATUS_CHOICES,
     STREAM_NAMESPACE_OPTION,
     Context,
-    _gpu_summary,
-    cell,
     console,
     echo,
     fail,
     handles_errors,
     print_json,
 )
+from worldland.cli.render import fleet_view, provider_view
+from worldland.cli.watch import DEFAULT_WATCH_INTERVAL_S, watch_fleet
+from worldland.control.overview import fleet_overview
 from worldland.domain.lifecycle import Status
+
+APPROVED_WITHOUT_KUBERNETES = (
+    "approved, but no join token sent: no Kubernetes access here (--kubeconfig); "
+    "a listener started with --kubeconfig sends it on its next reconcile pass"
+)
 
 
 @click.command()
@@ -28,48 +31,70 @@ from worldland.domain.lifecycle import Status
     "--status", "statuses", type=STATUS_CHOICES, multiple=True, help="Only these statuses (repeatable)."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of provider objects.")
+@click.option("--wide", is_flag=True, help="More columns (public IP, last error), full values and times.")
+@click.option(
+    "--watch",
+    is_flag=True,
+    help="Refresh the table until Ctrl-C (live on a terminal; elsewhere a snapshot per interval).",
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.1),
+    default=DEFAULT_WATCH_INTERVAL_S,
+    show_default=True,
+    help="With --watch: seconds between refreshes.",
+)
+@click.option("--count", type=click.IntRange(min=1), help="With --watch: stop after this many refreshes.")
 @click.pass_obj
 @handles_errors
-def status(obj: Context, statuses: tuple[str, ...], as_json: bool) -> None:
-    """List providers with their status, node, last heartbeat and GPUs."""
-    wanted = [Status(s.lower()) for s in statuses] or None
-    providers = obj.fleet.provider_views(wanted)
-    if as_json:
-        print_json(providers)
-        return
-    table = Table(title=f"{len(providers)} provider(s)")
-    for column in ("provider", "status", "node", "public ip", "last heartbeat", "GPUs free/total"):
-        table.add_column(column)
-    for p in providers:
-        table.add_row(
-            cell(p["provider_id"]),
-            cell(p["status"]),
-            cell(p["node_name"]),
-            cell(p["public_ip"]),
-            cell(p["last_heartbeat"] or "never"),
-            cell(_gpu_summary(p["capacity"])),
+def status(
+    obj: Context,
+    statuses: tuple[str, ...],
+    as_json: bool,
+    wide: bool,
+    watch: bool,
+    interval: float,
+    count: int | None,
+) -> None:
+    """List providers: status, node, GPUs per model (free / in use / mining), heartbeat age.
+
+    Above the table: how many providers are in each state, and the GPUs per model; under it, the
+    providers' last errors. --json prints the provider objects instead (machine output).
+    """
+    ctx = click.get_current_context()
+    if watch and as_json:
+        raise click.UsageError(
+            "--watch draws a live table and --json prints the provider objects once: give one of them "
+            "(for JSON over time, run `worldland status --json` on a schedule)",
+            ctx,
         )
-    console().print(table)
+    if not watch:
+        for name in ("interval", "count"):
+            if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE:
+                raise click.UsageError(f"--{name} goes with --watch", ctx)
+    wanted = [Status(s.lower()) for s in statuses] or None
+    if watch:
+        watch_fleet(obj, wanted, wide=wide, interval_s=interval, count=count)
+        return
+    if as_json:
+        print_json(obj.fleet.provider_views(wanted))
+        return
+    console(wide=wide).print(fleet_view(fleet_overview(obj.fleet, wanted), wide=wide))
 
 
 @click.command()
 @click.argument("provider_id")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--wide", is_flag=True, help="Every field, full times, every GPU detail.")
 @click.pass_obj
 @handles_errors
-def show(obj: Context, provider_id: str, as_json: bool) -> None:
-    """Show one provider in full."""
+def show(obj: Context, provider_id: str, as_json: bool, wide: bool) -> None:
+    """Show one provider in full: its record, capacity, spec and last heartbeat."""
     provider = obj.fleet.provider_view(provider_id)
     if as_json:
         print_json(provider)
         return
-    table = Table(show_header=False, title=cell(provider_id))
-    table.add_column("field", style="bold")
-    table.add_column("value")
-    for key, value in provider.items():
-        text = json.dumps(value) if isinstance(value, dict | list) else value
-        table.add_row(cell(key), cell(text))
-    console().print(table)
+    console(wide=wide).print(provider_view(provider, obj.fleet.store.clock(), wide=wide))
 
 
 @click.command()
@@ -84,7 +109,9 @@ def approve(
 ) -> None:
     """Approve a pending provider and send its join token.
 
-    Without --kubeconfig the provider is approved and the running listener issues the token.
+    Without --kubeconfig only the approval is stored: no token is sent from here. A listener that has
+    Kubernetes access (`worldland listen --kubeconfig`) sends it on its next reconcile pass; a listener
+    without it cannot, and the provider waits.
     """
     onboarding = obj.onboarding(kubeconfig, join_endpoint=join_endpoint, stream_namespace=stream_namespace)
     if onboarding.approve(provider_id):
@@ -93,7 +120,7 @@ def approve(
         error = obj.fleet.store.require(provider_id).last_error
         fail(f"{provider_id}: approved, but no join token yet ({error}); the listener retries")
     else:
-        echo(f"{provider_id}: approved; the listener sends the join token")
+        echo(f"{provider_id}: {APPROVED_WITHOUT_KUBERNETES}")
 
 
 @click.command()

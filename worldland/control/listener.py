@@ -6,11 +6,17 @@ reconcile on an interval. With an ``OnboardQueue`` it also hands the providers t
 (after a batch that approved some, and on an interval for operators' approvals) to the queue, whose
 thread runs the onboarding playbook: the loop never waits for a run. Delivery is at-least-once, so
 every handler is idempotent. SIGTERM/SIGINT finish the batch in hand; an unreachable Redis is retried
-with capped backoff, never a crash loop.
+with capped backoff, never a crash loop (and the log says when it is reachable again).
+
+The log says what an operator must know: where metrics are served, that no join token can be sent
+without Kubernetes access (at start and at each approval), each registration's provider and outcome
+(with the reason for a refusal), and one summary line per reconcile pass that failed, whatever the
+number of providers it failed for.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -25,7 +31,7 @@ from prometheus_client import start_http_server
 
 from worldland.control.metrics import Metrics
 from worldland.control.onboard_queue import LOGGED_IDS_MAX, OnboardQueue
-from worldland.control.onboarding import Onboarding, Rejected
+from worldland.control.onboarding import Onboarding, Rejected, readable_identity
 from worldland.domain.lifecycle import Status
 from worldland.protocol.messages import MessageError, parse_capacity_update, parse_heartbeat
 from worldland.protocol.streams import DEFAULT_GROUP
@@ -35,6 +41,13 @@ from worldland.state.streams import Entry, StreamConsumer
 log = logging.getLogger("worldland.listener")
 
 BACKOFF_START_S, BACKOFF_MAX_S = 0.2, 10.0
+
+NO_KUBERNETES = (
+    "no Kubernetes access (no --kubeconfig): approved providers get no join token, and no answer to "
+    "their approval, until a listener with Kubernetes access issues one on its reconcile pass"
+)
+# Registration outcomes that refuse the provider: their log line carries the reason.
+REFUSALS = frozenset({"rejected", "refused", "invalid", "wallet_mismatch"})
 
 
 def default_consumer_name() -> str:
@@ -97,13 +110,23 @@ class Listener:
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
 
-    def serve_metrics(self, port: int, address: str = "127.0.0.1") -> None:
-        start_http_server(port, addr=address, registry=self.metrics.registry)
+    def serve_metrics(self, port: int, address: str = "127.0.0.1") -> str:
+        """Serve ``/metrics`` on ``address:port``; returns (and logs) the URL of the socket bound."""
+        server, _thread = start_http_server(port, addr=address, registry=self.metrics.registry)
+        host, bound_port = server.server_address[:2]
+        host = host.decode() if isinstance(host, bytes) else host
+        url = f"http://{f'[{host}]' if ':' in host else host}:{bound_port}/metrics"
+        log.info("serving metrics", extra={"metrics_url": url})
+        return url
 
     def run(self, max_batches: int | None = None) -> None:
         """Loop until stopped (or ``max_batches`` batches, for tests and benchmarks)."""
         backoff = BACKOFF_START_S
         batches = 0
+        unreachable_since: float | None = None  # monotonic time of the first failure of an outage
+        failures = 0
+        if self.onboarding.cluster is None:
+            log.warning(NO_KUBERNETES)
         if self.onboard is not None:
             self.onboard.start()
         while not self.stopping and (max_batches is None or batches < max_batches):
@@ -111,9 +134,21 @@ class Listener:
                 self.run_once()
                 batches += 1
                 backoff = BACKOFF_START_S
+                if unreachable_since is not None:
+                    log.info(
+                        "redis reachable again; resumed",
+                        extra={
+                            "unreachable_s": round(time.monotonic() - unreachable_since, 1),
+                            "failed_attempts": failures,
+                        },
+                    )
+                    unreachable_since, failures = None, 0
             except (redis.ConnectionError, redis.TimeoutError) as err:
                 self.metrics.redis_errors.inc()
                 self._groups_ready = False  # a restarted Redis may have lost them
+                if unreachable_since is None:
+                    unreachable_since = time.monotonic()
+                failures += 1
                 log.warning("redis unavailable; retrying", extra={"error": str(err), "retry_in_s": backoff})
                 self.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
@@ -195,10 +230,12 @@ class Listener:
 
     def _handle_registrations(self, batch: list[Entry]) -> None:
         for entry in batch:
+            reason: str | None = None
             try:
                 outcome = self.onboarding.handle_registration(entry.data or "")
             except Rejected as err:
-                self._dead_letter(entry, str(err))
+                reason = str(err)
+                self._dead_letter(entry, reason)
                 outcome = err.outcome  # "wallet_mismatch" counts registrations for others' ids
             except (redis.ConnectionError, redis.TimeoutError):
                 raise  # not acknowledged: handled again once Redis is back
@@ -208,7 +245,37 @@ class Listener:
             self.metrics.registrations.labels(outcome=outcome).inc()
             if outcome == "approved":
                 self._approvals_in_batch = True
-            log.info("registration", extra={"entry_id": entry.entry_id, "outcome": outcome})
+            self._log_registration(entry, outcome, reason)
+
+    def _log_registration(self, entry: Entry, outcome: str, reason: str | None) -> None:
+        """One line per registration: its provider (where the message names a valid id) and outcome;
+        for a refusal the reason, which for one that was answered is what the provider was told."""
+        provider_id, _wallet = readable_identity(entry.data)
+        fields: dict[str, object] = {
+            "entry_id": entry.entry_id,
+            "provider_id": provider_id,
+            "outcome": outcome,
+        }
+        if outcome in REFUSALS:
+            fields["reason"] = reason or (self._last_answer(provider_id) if provider_id else None)
+        log.info("registration", extra=fields)
+        if outcome == "approved" and self.onboarding.cluster is None:
+            log.warning(
+                "approved, but no join token can be sent: no Kubernetes access (no --kubeconfig)",
+                extra={"provider_id": provider_id},
+            )
+
+    def _last_answer(self, provider_id: str) -> str | None:
+        """The ``message`` of the newest answer on the provider's response stream (one read)."""
+        newest = self.fleet.client.xrevrange(self.onboarding.streams.response(provider_id), count=1)
+        fields = newest[0][1] if newest else None
+        data = fields.get("data") if isinstance(fields, dict) else None
+        try:
+            answer = json.loads(data) if data else None
+        except ValueError:
+            return None
+        message = answer.get("message") if isinstance(answer, dict) else None
+        return message if isinstance(message, str) else None
 
     def _handle_heartbeats(self, batch: list[Entry]) -> None:
         beats, sources = [], []
@@ -281,8 +348,20 @@ class Listener:
     def reconcile(self) -> None:
         report = self.onboarding.reconcile()
         self.metrics.stale.set(self.fleet.heartbeats.count_stale(self.settings.stale_after_s))
-        for error in report.errors:
-            log.warning("reconcile error", extra={"error": error})
+        if report.errors or report.tokens_failed:
+            # One line per pass, however many providers it failed for (Kubernetes down: all of them).
+            first = report.tokens_failed[:1]
+            record = self.fleet.store.get(first[0]) if first else None
+            token_error = record.last_error if record else None
+            log.warning(
+                "reconcile pass incomplete",
+                extra={
+                    "errors": report.errors,
+                    "tokens_not_issued": len(report.tokens_failed),
+                    "providers": report.tokens_failed[:LOGGED_IDS_MAX],
+                    "token_error": token_error,
+                },
+            )
         if report.joined or report.available or report.tokens_issued:
             log.info(
                 "reconciled",

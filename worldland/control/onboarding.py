@@ -68,6 +68,9 @@ if TYPE_CHECKING:  # the Kubernetes client is imported only where a cluster is u
 log = logging.getLogger("worldland.onboarding")
 
 MAX_READABLE_ID_PROBE = 65536
+# The reconcile issues a missing token this long after the approval at the earliest (far longer than a
+# handler takes to issue one, so it never races the listener that approved the provider).
+TOKEN_RETRY_AFTER_S = 60.0
 
 
 class Cluster(NodeWriter, Protocol):
@@ -111,6 +114,7 @@ class ForeignRegistration(Rejected):
 @dataclass
 class ReconcileReport:
     tokens_issued: int = 0
+    tokens_failed: list[str] = field(default_factory=list)  # Approved, still without a token (error recorded)
     joined: list[str] = field(default_factory=list)
     available: list[str] = field(default_factory=list)
     synced: list[str] = field(default_factory=list)  # providers whose node was written
@@ -372,7 +376,7 @@ class Onboarding:
         self.store.transition(provider_id, Status.APPROVED, reason="approved")
         return self.send_join_token(provider_id)
 
-    def join_values(self, provider_id: str) -> JoinValues:
+    def join_values(self, provider_id: str, *, log_failure: bool = True) -> JoinValues:
         """An Approved provider's join: a valid token (the recorded one while it has more than
         ``TOKEN_REUSE_MARGIN_S`` left, else a fresh one: kubeadm hangs on an expired token), the CA
         hash and the endpoint, each checked. Raises ``JoinUnavailable`` (the error is recorded on the
@@ -412,19 +416,22 @@ class Onboarding:
         except Exception as err:  # any cluster failure: stays Approved, retried
             error = f"token: {type(err).__name__}: {err}"
             self.store.set_error(provider_id, error)
-            log.warning("join token not issued", extra={"provider_id": provider_id, "error": error})
+            if log_failure:  # (a reconcile pass reports its failures in one line instead)
+                log.warning("join token not issued", extra={"provider_id": provider_id, "error": error})
             raise JoinUnavailable(error) from None
         if record.last_error:
             self.store.set_error(provider_id, "")
         return values
 
-    def send_join_token(self, provider_id: str, *, message: str = "registration approved") -> bool:
+    def send_join_token(
+        self, provider_id: str, *, message: str = "registration approved", log_failure: bool = True
+    ) -> bool:
         """Give an Approved provider a valid join token and answer it; False (error recorded) on failure.
 
         Idempotent: while the recorded token is valid the same one is sent again.
         """
         try:
-            values = self.join_values(provider_id)
+            values = self.join_values(provider_id, log_failure=log_failure)
         except JoinUnavailable:
             return False
         record = self.store.require(provider_id)
@@ -536,15 +543,24 @@ class Onboarding:
     # -- reconcile --------------------------------------------------------------------------------
 
     def reconcile(self) -> ReconcileReport:
-        """The listener's periodic pass: missing join tokens retried, then ``advance_nodes``."""
+        """The listener's periodic pass: missing join tokens retried, then ``advance_nodes``.
+
+        A token is retried where issuing it failed (``last_error``), or where none was recorded
+        ``TOKEN_RETRY_AFTER_S`` after the approval (its listener died in between): sooner, another
+        listener of the group may still be issuing it, and the provider would be answered twice."""
         report = ReconcileReport()
         if self.cluster is None:
             return report
         report.errors += self.delete_revoked_tokens()
+        now = self.clock()
         for record in self.store.list([Status.APPROVED]):
-            needs_token = not record.token_id or record.last_error
-            if needs_token and self.send_join_token(record.provider_id):
+            needs_token = record.last_error or (
+                not record.token_id and now - (record.approved_at or 0) >= TOKEN_RETRY_AFTER_S
+            )
+            if needs_token and self.send_join_token(record.provider_id, log_failure=False):
                 report.tokens_issued += 1
+            elif needs_token:
+                report.tokens_failed.append(record.provider_id)
         return self.advance_nodes(report)
 
     def advance_nodes(
@@ -592,7 +608,15 @@ class Onboarding:
             raise JoinUnavailable(f"node {record.node_name!r} of provider {provider_id!r} does not exist")
         beat = self.fleet.heartbeats.last_beats([provider_id])[provider_id]
         report = ReconcileReport()
-        self._advance(record, state, beat, report)
+        try:
+            self._advance(record, state, beat, report)
+        except StatusConflict:  # the listener's reconcile moved it meanwhile: go on from where it is
+            moved = self.store.require(provider_id)
+            if moved.status not in (Status.APPROVED, Status.JOINED, Status.AVAILABLE):
+                raise JoinUnavailable(
+                    f"provider {provider_id!r} is {moved.status}: no node to advance"
+                ) from None
+            self._advance(moved, state, beat, report)
         if record.last_error:
             self.store.set_error(provider_id, "")  # its node exists: the last failed attempt is over
         after = self.store.require(provider_id).status

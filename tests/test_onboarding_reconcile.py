@@ -1,0 +1,49 @@
+"""The listener's reconcile pass and the handler that approved a provider never both answer it."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from testkit.agent import Agent
+from testkit.clock import FakeClock
+from testkit.factories import registration
+from worldland.control.onboarding import TOKEN_RETRY_AFTER_S, Onboarding
+from worldland.domain.lifecycle import Status
+from worldland.domain.policy import ApprovalPolicy
+from worldland.state.fleet import Fleet
+
+
+@pytest.fixture
+def onboarding(client, keys, names, kube_api):
+    from worldland.kube import KubeClient
+
+    clock = FakeClock(time.time())  # the token Secrets expire by the real clock
+    fleet = Fleet.open(client, keys, clock)
+    cluster = KubeClient.from_kubeconfig(kube_api.kubeconfig)
+    yield Onboarding(fleet=fleet, streams=names, policy=ApprovalPolicy(), cluster=cluster, clock=clock)
+    cluster.close()
+
+
+def test_a_token_still_being_issued_elsewhere_is_left_to_its_handler(onboarding, client, names):
+    """Approved a moment ago with no token yet: the listener that approved it is issuing one (two
+    listeners share a group). The reconcile waits; once TOKEN_RETRY_AFTER_S have passed without a token
+    (that listener died), it issues one: the provider is answered exactly once either way."""
+    fleet, clock = onboarding.fleet, onboarding.clock
+    fleet.register(registration("rig-1"))
+    fleet.store.transition("rig-1", Status.APPROVED)
+    agent = Agent(client, names)
+    report = onboarding.reconcile()
+    assert report.tokens_issued == 0 and agent.await_answer("rig-1", block_ms=200) is None
+    clock.now += TOKEN_RETRY_AFTER_S - 1
+    assert onboarding.reconcile().tokens_issued == 0
+    clock.now += 1
+    assert onboarding.reconcile().tokens_issued == 1
+    answer = agent.await_answer("rig-1")
+    assert answer["status"] == "approved" and answer["join_token"]
+    assert fleet.store.require("rig-1").token_id
+    # issued: later passes send nothing more
+    clock.now += 3 * TOKEN_RETRY_AFTER_S
+    assert onboarding.reconcile().tokens_issued == 0
+    assert len(client.xrange(names.response("rig-1"))) == 1
