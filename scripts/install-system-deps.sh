@@ -49,6 +49,36 @@ fetch_etcd() {
   rm -rf "$tmp"
 }
 
+# promtool and prometheus for the alert rules' tests and the demo (testkit/prometheus.py): Debian's
+# prometheus package, fetched once into <cache>/prometheus and unpacked there with dpkg -x -- never
+# installed, so no prometheus service. testkit/prometheus.py finds them at <cache>/prometheus/root/usr/bin/
+# (and fetches them the same way itself when they are missing).
+fetch_prometheus() {
+  local cache="${WORLDLAND_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/worldland}/prometheus"
+  [ -x "$cache/root/usr/bin/promtool" ] && [ -x "$cache/root/usr/bin/prometheus" ] && return 0
+  command -v apt-get >/dev/null 2>&1 && command -v dpkg >/dev/null 2>&1 || {
+    echo "no apt-get/dpkg: prometheus not fetched (the alert rules' tests are skipped)" >&2
+    return 0
+  }
+  mkdir -p "$cache"
+  local opts=()
+  [ "$(id -u)" -eq 0 ] && opts=(-o APT::Sandbox::User=root)  # root's apt would hand the download to _apt
+  if ! ls "$cache"/prometheus_*.deb >/dev/null 2>&1; then
+    (cd "$cache" && apt-get "${opts[@]}" download -q prometheus) ||
+      { [ "$(id -u)" -eq 0 ] && apt-get update -qq && (cd "$cache" && apt-get "${opts[@]}" download -q prometheus); } ||
+      { echo "apt-get download prometheus failed: prometheus not fetched" >&2; return 0; }
+  fi
+  local deb tmp
+  deb=$(ls "$cache"/prometheus_*.deb | tail -n 1)
+  tmp=$(mktemp -d "$cache/.root.XXXXXX")
+  if dpkg -x "$deb" "$tmp"; then
+    rm -rf "$cache/root" && mv "$tmp" "$cache/root" && echo "prometheus: $cache/root/usr/bin/{prometheus,promtool} ($(basename "$deb"))"
+  else
+    echo "dpkg -x $deb failed: prometheus not unpacked" >&2
+  fi
+  rm -rf "$tmp"
+}
+
 # Debian's packages for the lab's apt repository (tests/lab/aptrepo.py): containerd, runc,
 # containernetworking-plugins, iptables and those of their dependencies this machine lacks (the lab hosts
 # start with its dpkg status), fetched once into <cache>/debs -- never installed. aptrepo.py fetches the
@@ -128,6 +158,7 @@ for cmd in "${!wanted[@]}"; do
 done
 if [ ${#missing[@]} -eq 0 ]; then
   fetch_etcd
+  fetch_prometheus
   fetch_lab_debs
   fetch_cron_debs
   exit 0
@@ -150,5 +181,6 @@ fi
 trap '[ -n "$created_policy" ] && $sudo rm -f "$policy"' EXIT
 $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fetch_etcd
+fetch_prometheus
 fetch_lab_debs
 fetch_cron_debs
