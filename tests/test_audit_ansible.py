@@ -34,7 +34,10 @@ from worldland.state.keys import Keys
 REPO = Path(__file__).resolve().parent.parent
 CRON_USER = "worldland"  # the role's default user, created in the lab host
 CRON_HOME = "/var/lib/worldland"  # its home: the role's lock directory
-LOG_FILE, LOCK_FILE = "/var/log/worldland/audit.log", "/var/lib/worldland/audit.lock"  # the role's defaults
+LOG_FILE = "/var/log/worldland/audit.log"  # the role's default
+# Not the default: a % that cron would turn into a newline unless the role escapes it (flock would then
+# run no audit, and the real cron's run below would log nothing).
+LOCK_FILE = "/var/lib/worldland/audit%1.lock"
 MAIL_DIR = "/var/spool/lab-mail"  # what cron mails, through the host's sendmail stand-in
 # Records what cron mails (cron runs /usr/sbin/sendmail -FCronDaemon -i -B8BITMIME -oem USER < message).
 SENDMAIL_STANDIN = f"""#!/bin/sh
@@ -126,7 +129,8 @@ def run_as_cron(
     flock."""
     env = ["SHELL=/bin/sh", f"HOME={CRON_HOME}", "PATH=/usr/bin:/bin", f"LOGNAME={CRON_USER}"]
     command = f"runuser -u {CRON_USER} -- env -i {shlex.join([*env, f'WORLDLAND_REDIS_URL={redis_url}'])}"
-    command += f" /bin/sh -c {shlex.quote(job)}"
+    unescaped = job.replace("\\%", "%")  # cron drops the backslash of an escaped %
+    command += f" /bin/sh -c {shlex.quote(unescaped)}"
     if hold_lock:
         command = f"flock {LOCK_FILE} {command}"
     return host.ssh(command, check=False)
@@ -186,7 +190,8 @@ def test_audit_cron_role_installs_an_entry_the_real_cron_runs_and_removes_it(kub
             "audit_cron_worldland_bin": str(WORLDLAND),
             "audit_cron_redis_url": url,
             "audit_cron_key_prefix": keys.prefix,
-        }  # user, log and lock file: the role's defaults
+            "audit_cron_lock_file": LOCK_FILE,
+        }  # user and log file: the role's defaults
 
         def playbook(*args: str, **more: str) -> tuple[subprocess.CompletedProcess, str]:
             return ansible_playbook(
@@ -217,8 +222,9 @@ def test_audit_cron_role_installs_an_entry_the_real_cron_runs_and_removes_it(kub
         assert lines[:2] == [f'WORLDLAND_REDIS_URL="{url}"', "#Ansible: worldland heartbeat audit"]
         schedule, job = lines[2][: len("* * * * *")], lines[2][len("* * * * * ") :]
         assert schedule == "* * * * *" and len(lines) == 3  # every minute
+        escaped_lock = LOCK_FILE.replace("%", "\\%")
         assert job.startswith(
-            f"/usr/bin/flock -n -E 0 {LOCK_FILE} {WORLDLAND} --key-prefix {keys.prefix} audit"
+            f"/usr/bin/flock -n -E 0 {escaped_lock} {WORLDLAND} --key-prefix {keys.prefix} audit"
         )
         assert host.ssh("stat -c '%U %a' /var/log/worldland /var/lib/worldland").stdout.split() == [
             CRON_USER, "750", CRON_USER, "750"
