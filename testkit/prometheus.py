@@ -37,13 +37,13 @@ import urllib.parse
 import urllib.request
 import weakref
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Self
 
 import yaml
 
-from testkit.realkube import cache_dir, directory_lock
+from testkit.debian import run_tool, unpack_package
+from testkit.realkube import Availability, cache_dir, directory_lock
 from testkit.redis_server import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -89,50 +89,10 @@ def binary(name: str, fetch: bool = True) -> Path:
     with directory_lock(directory):
         if os.access(path, os.X_OK):
             return path
-        for tool in ("apt-get", "dpkg"):
-            if shutil.which(tool) is None:
-                raise PrometheusError(f"no {tool} here to fetch Debian's {PACKAGE} package")
-        debs = sorted(directory.glob(f"{PACKAGE}_*.deb"))
-        if not debs:
-            _apt_download(directory)
-            debs = sorted(directory.glob(f"{PACKAGE}_*.deb"))
-        if not debs:
-            raise PrometheusError(f"apt-get download {PACKAGE} left no .deb in {directory}")
-        unpacking = Path(tempfile.mkdtemp(prefix=".root.", dir=directory))
-        try:
-            _run(["dpkg", "-x", str(debs[-1]), str(unpacking)], f"dpkg -x {debs[-1].name}")
-            shutil.rmtree(unpacked_root(), ignore_errors=True)
-            unpacking.rename(unpacked_root())
-        finally:
-            shutil.rmtree(unpacking, ignore_errors=True)
+        unpack_package(PACKAGE, directory, error=PrometheusError)
     if not os.access(path, os.X_OK):
         raise PrometheusError(f"Debian's {PACKAGE} package has no usr/bin/{name}")
     return path
-
-
-def _apt_download(directory: Path) -> None:
-    command = ["apt-get", "download", "-q", PACKAGE]
-    if os.geteuid() == 0:  # as root apt wants its _apt user to write here; the cache is ours
-        command[1:1] = ["-o", "APT::Sandbox::User=root"]
-    try:
-        _run(command, "apt-get download", cwd=directory)
-    except PrometheusError:
-        if os.geteuid() != 0:
-            raise
-        _run(["apt-get", "update", "-qq"], "apt-get update")  # package lists may be missing (fresh image)
-        _run(command, "apt-get download", cwd=directory)
-
-
-def _run(command: list[str], what: str, cwd: Path | None = None) -> str:
-    try:
-        done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise PrometheusError(f"{what}: {exc}") from None
-    if done.returncode != 0:
-        raise PrometheusError(
-            f"{what} failed ({done.returncode}): {(done.stderr or done.stdout).strip()[-500:]}"
-        )
-    return done.stdout
 
 
 def promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -144,17 +104,9 @@ def promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess
 
 def version() -> str:
     """``2.42.0+ds`` (the first line of ``prometheus --version``)."""
-    first = _run([str(binary("prometheus")), "--version"], "prometheus --version").splitlines()[0]
+    command = [str(binary("prometheus")), "--version"]
+    first = run_tool(command, "prometheus --version", error=PrometheusError).splitlines()[0]
     return first.split("version", 1)[-1].strip().split(" ")[0]
-
-
-@dataclass(frozen=True)
-class Availability:
-    ok: bool
-    reason: str
-
-    def __bool__(self) -> bool:
-        return self.ok
 
 
 def available(fetch: bool = True) -> Availability:

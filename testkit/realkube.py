@@ -57,6 +57,7 @@ from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
 from testkit import realkube_objects, realkube_pki
+from testkit.debian import run_tool, unpack_package
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_ENV = "WORLDLAND_SHARED_KUBE"
@@ -187,50 +188,14 @@ def etcd_binary(fetch: bool = True) -> Path:
     with directory_lock(directory):
         if os.access(binary, os.X_OK):
             return binary
-        for tool in ("apt-get", "dpkg"):
-            if shutil.which(tool) is None:
-                raise RealKubeError(f"no {tool} here to fetch Debian's {ETCD_PACKAGE} package")
-        debs = sorted(directory.glob(f"{ETCD_PACKAGE}_*.deb"))
-        if not debs:
-            _apt_download(directory)
-            debs = sorted(directory.glob(f"{ETCD_PACKAGE}_*.deb"))
-        if not debs:
-            raise RealKubeError(f"apt-get download {ETCD_PACKAGE} left no .deb in {directory}")
-        unpacking = Path(tempfile.mkdtemp(prefix=".root.", dir=directory))
-        try:
-            _run(["dpkg", "-x", str(debs[-1]), str(unpacking)], f"dpkg -x {debs[-1].name}")
-            shutil.rmtree(directory / "root", ignore_errors=True)
-            unpacking.rename(directory / "root")
-        finally:
-            shutil.rmtree(unpacking, ignore_errors=True)
+        unpack_package(ETCD_PACKAGE, directory, error=RealKubeError)
     if not os.access(binary, os.X_OK):
         raise RealKubeError(f"{ETCD_PACKAGE} has no usr/bin/etcd")
     return binary
 
 
-def _apt_download(directory: Path) -> None:
-    command = ["apt-get", "download", "-q", ETCD_PACKAGE]
-    if os.geteuid() == 0:  # as root apt wants its _apt user to write here; the cache is ours
-        command[1:1] = ["-o", "APT::Sandbox::User=root"]
-    try:
-        _run(command, "apt-get download", cwd=directory)
-    except RealKubeError:
-        if os.geteuid() != 0:
-            raise
-        _run(["apt-get", "update", "-qq"], "apt-get update")  # package lists may be missing (fresh image)
-        _run(command, "apt-get download", cwd=directory)
-
-
 def _run(command: list[str], what: str, cwd: Path | None = None) -> str:
-    try:
-        done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise RealKubeError(f"{what}: {exc}") from None
-    if done.returncode != 0:
-        raise RealKubeError(
-            f"{what} failed ({done.returncode}): {(done.stderr or done.stdout).strip()[-500:]}"
-        )
-    return done.stdout
+    return run_tool(command, what, error=RealKubeError, cwd=cwd)
 
 
 @dataclass(frozen=True)

@@ -76,6 +76,7 @@ from pathlib import Path
 from typing import Any
 
 from testkit import realkube
+from testkit.debian import apt_download, run_tool
 
 DEBIAN_PACKAGES = ("containerd", "runc", "containernetworking-plugins", "iptables")
 KUBE_VERSION = "1.32.13"
@@ -177,17 +178,7 @@ class AptRepo:
 
 
 def _run(command: Sequence[str], what: str, **kwargs: Any) -> str:
-    try:
-        done = subprocess.run(
-            list(command), capture_output=True, text=True, timeout=TIMEOUT_S, check=False, **kwargs
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise AptRepoError(f"{what}: {exc}") from None
-    if done.returncode != 0:
-        raise AptRepoError(
-            f"{what} failed ({done.returncode}): {(done.stderr or done.stdout).strip()[-800:]}"
-        )
-    return done.stdout
+    return run_tool(command, what, error=AptRepoError, timeout=TIMEOUT_S, **kwargs)
 
 
 @functools.cache
@@ -311,16 +302,7 @@ def _cached_deb(directory: Path, name: str) -> Path | None:
 
 
 def _apt_download(names: Sequence[str], directory: Path) -> None:
-    command = ["apt-get", "download", "-q", *names]
-    if os.geteuid() == 0:  # as root apt hands downloads to its _apt user, which cannot write our cache
-        command[1:1] = ["-o", "APT::Sandbox::User=root"]
-    try:
-        _run(command, "apt-get download", cwd=directory)
-    except AptRepoError:
-        if os.geteuid() != 0:
-            raise
-        _run(["apt-get", "update", "-qq"], "apt-get update")  # a fresh image may have no package lists
-        _run(command, "apt-get download", cwd=directory)
+    apt_download(names, directory, error=AptRepoError)
 
 
 _FETCHED: dict[tuple[Path, tuple[str, ...], int], tuple[Path, ...]] = {}
