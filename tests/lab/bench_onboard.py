@@ -9,7 +9,8 @@ and approved, then one timed ``ansible-playbook playbooks/onboard.yml`` - real p
 (lab start, repository build and registration are not). Settings, the same for every size: ``--forks``
 (default: the largest size, so no host waits for a fork), SSH with ControlMaster/ControlPersist 60 s (the
 lab's options), pipelining on (``ANSIBLE_PIPELINING=1``), the ``linear`` strategy. Needs root and
-``../shared/kube``. Prints one JSON line per size, then the ratio of the largest to the smallest.
+``../shared/kube``. Prints one JSON line per size (with each host that did not become Available and the
+error it recorded), then the ratio of the largest to the smallest.
 """
 
 from __future__ import annotations
@@ -35,9 +36,10 @@ def measure(hosts: int, forks: int, gpus: str) -> dict[str, Any]:
         )
         took = time.monotonic() - started
         fleet = env.fleet()
-        available = sum(
-            fleet.store.require(env.provider_id(h)).status is Status.AVAILABLE for h in env.lab.hosts
-        )
+        records = [fleet.store.require(env.provider_id(h)) for h in env.lab.hosts]
+        available = sum(r.status is Status.AVAILABLE for r in records)
+        # what each host that did not make it has recorded (the error onboard.yml's rescue stored)
+        errors = {r.node_name: r.last_error for r in records if r.status is not Status.AVAILABLE}
     recap = re.findall(r"^\S+\s+: ok=\d+\s+changed=\d+\s+unreachable=(\d+)\s+failed=(\d+)", proc.stdout, re.M)
     return {
         "hosts": hosts,
@@ -46,6 +48,7 @@ def measure(hosts: int, forks: int, gpus: str) -> dict[str, Any]:
         "rc": proc.returncode,
         "available": available,
         "failed_or_unreachable": sum(int(u) + int(f) for u, f in recap),
+        "errors": errors,
     }
 
 

@@ -24,7 +24,8 @@ From the command line (the roles' Molecule scenarios, tests/lab/molecule/), need
 is ready; ``down`` ends it with SIGTERM and then removes by PID and by name whatever a killed ``serve``
 left: the processes recorded or working in D (the Redis, the control plane), the lab's namespaces,
 cgroups and links (by its directory), and D. ``--no-cluster``: hosts and repository only, no Redis and no
-control plane. The Redis also listens on ``D/redis.sock``, the kubeconfig is ``D/lab/admin.conf``: paths
+control plane. The Redis also listens on ``D/redis.sock``, the kubeconfig is ``D/lab/worldland.conf`` (the
+token of deploy/kubernetes's ServiceAccount ``worldland`` alone; ``D/lab/admin.conf`` is the admin's): paths
 known before the lab starts, for settings read once before it (Molecule's ``molecule.yml``).
 """
 
@@ -51,6 +52,7 @@ import yaml
 from testkit.agent import Agent
 from testkit.factories import registration_dict
 from testkit.realkube import RealControlPlane, available
+from testkit.realkube_rbac import service_account_kubeconfig
 from testkit.redis_server import RedisServer
 from tests.lab import aptrepo
 from tests.lab.lab import Lab, LabError, LabHost, alive, kill_pids, netns_names, proc_start, teardown_dir
@@ -109,7 +111,13 @@ class OnboardingLab:
                 self.redis = self.stack.enter_context(redis_server)
                 self.redis_url = self.redis.url
                 self.kube = self.stack.enter_context(RealControlPlane(extra_addresses=(self.lab.gateway,)))
-                self.kubeconfig = self.kube.write_kubeconfig(self.lab.dir / "admin.conf", self.lab.gateway)
+                self.admin_kubeconfig = self.kube.write_kubeconfig(
+                    self.lab.dir / "admin.conf", self.lab.gateway
+                )
+                # the controller side runs as it runs in a cluster: deploy/kubernetes's ServiceAccount alone
+                self.kubeconfig = service_account_kubeconfig(
+                    self.kube, self.lab.dir / "worldland.conf", address=self.lab.gateway
+                )
                 self.inventory = self.write_inventory()
         except BaseException:
             self.stack.close()
