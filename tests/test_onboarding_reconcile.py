@@ -1,4 +1,5 @@
-"""The listener's reconcile pass and the handler that approved a provider never both answer it."""
+"""The listener's reconcile pass and the other writers of a provider's state (the handler that approved
+it, onboard.yml's provider_node) never trip over each other."""
 
 from __future__ import annotations
 
@@ -9,9 +10,12 @@ import pytest
 from testkit.agent import Agent
 from testkit.clock import FakeClock
 from testkit.factories import registration
+from testkit.nodes import create_node
 from worldland.control.onboarding import TOKEN_RETRY_AFTER_S, Onboarding
 from worldland.domain.lifecycle import Status
 from worldland.domain.policy import ApprovalPolicy
+from worldland.kube import KubeClient
+from worldland.protocol.streams import StreamNames
 from worldland.state.fleet import Fleet
 
 
@@ -47,3 +51,29 @@ def test_a_token_still_being_issued_elsewhere_is_left_to_its_handler(onboarding,
     clock.now += 3 * TOKEN_RETRY_AFTER_S
     assert onboarding.reconcile().tokens_issued == 0
     assert len(client.xrange(names.response("rig-1"))) == 1
+
+
+def test_the_playbooks_advance_tolerates_the_listener_getting_there_first(fleet, kube_api) -> None:
+    """Found by the demo: ``onboard.yml``'s ``provider_node`` (``Onboarding.advance_provider``) reads the
+    provider, then the node; meanwhile the running listener's reconcile pass may move the provider to Joined
+    and Available itself. The playbook's step then goes on from there instead of failing the host."""
+    pid = "p-demo-race"
+    fleet.register(registration(pid, gpus=1))
+    fleet.store.transition(pid, Status.APPROVED)
+    node = fleet.store.require(pid).node_name
+    create_node(kube_api, node, ready=True, gpus=1)
+    cluster = KubeClient.from_kubeconfig(kube_api.kubeconfig)
+    listener_side = Onboarding(fleet=fleet, streams=StreamNames(), policy=ApprovalPolicy(), cluster=cluster)
+    playbook_side = Onboarding(fleet=fleet, streams=StreamNames(), policy=ApprovalPolicy(), cluster=cluster)
+    read_node = cluster.node_state
+
+    def node_state_after_the_listener(name: str):  # the reconcile pass runs between the two reads
+        listener_side.advance_nodes()
+        return read_node(name)
+
+    cluster.node_state = node_state_after_the_listener  # type: ignore[method-assign]
+    assert fleet.store.require(pid).status is Status.APPROVED
+    result = playbook_side.advance_provider(pid)
+    assert result.after is Status.AVAILABLE and fleet.store.require(pid).status is Status.AVAILABLE
+    labels = kube_api.server.get_object("nodes", node)["metadata"]["labels"]
+    assert labels["worldland.io/rental-status"] == "available"
