@@ -229,7 +229,8 @@ def test_kubernetes_down_is_one_warning_per_reconcile_pass_not_one_per_provider(
     waiting = sorted(f"p-wait-{i}" for i in range(4))
     for pid in waiting:
         fleet.register(registration(pid))
-        put_in(fleet.store, pid, Status.APPROVED)  # approved while no token could be made
+        put_in(fleet.store, pid, Status.APPROVED)  # approved while no token could be made:
+        fleet.store.set_error(pid, "token: ConnectionRefusedError: the approval's own attempt")
     with kube_api.server.outage("refuse"):
         listener.reconcile()
     warnings = [r for r in records if r.levelno >= logging.WARNING]
