@@ -1,14 +1,16 @@
 """``make demo``: the whole WorldLand flow on one machine, as a newcomer meets it, then torn down.
 
-1. ``lab``: a private Redis, the real Kubernetes control plane of ``../shared/kube``, N provider hosts
-   (network and mount namespaces with their own sshd, tests/lab/) with the lab's signed apt repository, and
-   a real Prometheus (Debian's package) that scrapes the listener;
+1. ``lab``: a private Redis, the real Kubernetes control plane of ``../shared/kube`` (where that is absent,
+   the project's Kubernetes API test server, and the output says so), N provider hosts (network and mount
+   namespaces with their own sshd, tests/lab/) with the lab's signed apt repository, and a real Prometheus
+   (Debian's package) that scrapes the listener;
 2. ``agents``: ``playbooks/install_agent.yml`` installs ``worldland-provider`` on every host; each agent finds
    its (stand-in) GPUs with nvidia-smi and registers;
 3. ``approval``: ``worldland listen`` validates the registrations and approves them by the demo's policy
    (printed), creating a short-lived bootstrap token for each;
 4. ``onboarding``: ``worldland onboard`` (ansible-runner, ``playbooks/onboard.yml``): driver, container
-   runtime, kubelet/kubeadm, a real ``kubeadm join``, labels; providers go Approved -> Joined -> Available;
+   runtime, kubelet/kubeadm, ``kubeadm join`` (real with ``../shared/kube``; with the test server the lab's
+   kubeadm stand-in registers the Node), labels; providers go Approved -> Joined -> Available;
 5. ``ledger``: mining takes idle GPUs, a rental takes one back from mining, an oversized rental is refused,
    the rental is released;
 6. ``audit``: one agent stopped, ``worldland audit`` (every few seconds, as cron would) marks it Offline and

@@ -161,16 +161,9 @@ class Demo:
     # -- 1. the lab ----------------------------------------------------------------------------------------
 
     def lab(self) -> None:
-        from testkit.realkube import available
         from tests.lab.onboarding import OnboardingLab
 
         r = self.report
-        status = available()
-        if not status:
-            raise DemoError(
-                f"no real Kubernetes control plane here ({status.reason}): the demo joins real kubelets "
-                "with kubeadm, which needs the kube-apiserver, kubelet and kubeadm binaries of ../shared/kube"
-            )
         plan = [GPU_PLAN[i % len(GPU_PLAN)] for i in range(self.settings.hosts)]
         r.activity(f"starting Redis, the control plane and {self.settings.hosts} lab hosts")
         lab = OnboardingLab(hosts=self.settings.hosts, gpus=plan, dir=self.workdir / "lab")
@@ -179,12 +172,12 @@ class Demo:
         self.stack.callback(self.fleet.client.close)
         gateway = env.lab.gateway
         r.step(f"Redis: {env.redis.url} (the hosts reach it at {env.redis.url_at(gateway)})")
-        r.step(f"Kubernetes: {env.kube.description}, API at {env.kube.url_for(gateway)}")
-        if getattr(env, "admin_kubeconfig", None) not in (None, env.kubeconfig):
-            r.step(
-                f"the listener, the audit and worldland onboard use {env.kubeconfig.name}: the token of "
-                "deploy/kubernetes's ServiceAccount alone (least privilege); the demo reads the API as admin"
-            )
+        r.step(f"Kubernetes: {env.kube_description}, API at {env.kube.url_for(gateway)}")
+        r.step(f"  {self.control_plane_meaning()}")
+        r.step(
+            f"the listener, the audit and worldland onboard use {env.kubeconfig.name}: "
+            f"{env.kubeconfig_identity}; the demo reads the API as admin"
+        )
         r.step(
             f"package mirror: {env.served.url}, a signed apt repository (kubelet/kubeadm: "
             f"{env.repo.kube_binaries})"
@@ -196,6 +189,28 @@ class Demo:
             )
         self.metrics_port = free_port()
         self.start_prometheus()
+
+    def control_plane_meaning(self) -> str:
+        """What the cluster the lab got means for what the demo shows."""
+        from tests.lab.aptrepo import STANDIN_KUBE
+
+        env = self.env
+        if env.kube_real and env.repo.kube_binaries != STANDIN_KUBE:
+            return (
+                "a real kube-apiserver with its controller manager: each host's real kubelet joins with "
+                "kubeadm and registers its Node, which turns Ready; the device-plugin stand-in serves GPUs"
+            )
+        if env.kube_real:
+            return (
+                "a real kube-apiserver, but no kubelet binary in ../shared/kube: the kubeadm stand-in checks "
+                "the token and pinned CA and registers each Node itself, Ready with the host's GPUs"
+            )
+        return (
+            "the test server stores Nodes, Secrets and ConfigMaps and checks bootstrap tokens, but runs no "
+            "controllers and no kubelet joins it: the kubeadm stand-in (in the lab's kubeadm package) checks "
+            "the token and the pinned CA, then registers each Node, Ready with the host's (stand-in) GPUs as "
+            "nvidia.com/gpu allocatable; with ../shared/kube a real kubelet joins instead"
+        )
 
     def start_prometheus(self) -> None:
         from testkit import prometheus

@@ -3,8 +3,10 @@
 The whole flow on two lab hosts (real sshd, apt, containerd, kubelet and ``kubeadm join`` against the real
 control plane of ``../shared/kube``, a real Prometheus): exit 0, every phase reported done, both providers
 Available in the final ``worldland status``, no bootstrap token anywhere in the output, and nothing of it left
-on this machine afterwards (namespaces, links, routes, processes, its directory). A phase that fails (a
-wheelhouse without wheels) and Ctrl-C mid-run both stop it, tear everything down and say so.
+on this machine afterwards (namespaces, links, routes, processes, its directory). The same on one host with
+``../shared/kube`` taken away (``$WORLDLAND_REALKUBE=0``): the Kubernetes API test server and the lab's
+kubeadm stand-in instead, and the output says so. A phase that fails (a wheelhouse without wheels) and Ctrl-C
+mid-run both stop it, tear everything down and say so.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import pytest
 
 from demo.flow import PHASES
 from demo.report import Reporter, scrub
+from testkit.realkube import DISABLE_ENV
 from tests.lab.lab import NET_BASE
 
 REPO = Path(__file__).resolve().parent.parent
@@ -36,18 +39,25 @@ def demo_argv(*args: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def can_run() -> None:
+def can_run_lab() -> None:
+    """Root and Prometheus: what the demo needs with any cluster."""
     if os.geteuid() != 0:
         pytest.skip("the demo's lab hosts need root")
     from testkit import prometheus
+
+    prom = prometheus.available()
+    if not prom:
+        pytest.skip(f"no Prometheus ({prom.reason})")
+
+
+@pytest.fixture(scope="module")
+def can_run(can_run_lab: None) -> None:
+    """... and the real control plane of ../shared/kube."""
     from testkit.realkube import available
 
     kube = available()
     if not kube:
         pytest.skip(f"no real control plane ({kube.reason}): the demo joins real kubelets")
-    prom = prometheus.available()
-    if not prom:
-        pytest.skip(f"no Prometheus ({prom.reason})")
 
 
 def leftovers(output: str) -> list[str]:
@@ -82,6 +92,41 @@ def test_the_demo_runs_end_to_end_and_leaves_nothing(can_run: None) -> None:
     output = proc.stdout + proc.stderr
     print(output)
     assert proc.returncode == 0, output[-4000:]
+    assert re.search(
+        r"^ *Kubernetes: real kube-apiserver v1\.32\.\d+ from \.\./shared/kube, API at ", output, re.M
+    )
+    assert "kubelet/kubeadm: real v1.32.13 from ../shared/kube" in output
+    assert "deploy/kubernetes's ServiceAccount token alone" in output
+    check_the_whole_flow(output, hosts=2)
+    print(f"python -m demo --hosts 2: {took:.1f} s")
+
+
+def test_without_shared_kube_it_runs_on_the_kubernetes_api_test_server(can_run_lab: None) -> None:
+    """../shared/kube taken away: the test server is the cluster and the lab's kubeadm stand-in registers the
+    Node, Ready with the host's GPUs; the output says so, and the rest of the flow is the same."""
+    started = time.monotonic()
+    env = {**os.environ, DISABLE_ENV: "0"}
+    proc = subprocess.run(demo_argv("--hosts", "1"), cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=400, check=False)  # fmt: skip
+    took = time.monotonic() - started
+    output = proc.stdout + proc.stderr
+    print(output)
+    assert proc.returncode == 0, output[-4000:]
+    server = r"the project's Kubernetes API test server, testkit/kube_server"
+    assert re.search(rf"^ *Kubernetes: {server} \(\${DISABLE_ENV}=0\), API at https://", output, re.M), output
+    assert "no kubelet joins it: the kubeadm stand-in" in output
+    assert "kubelet/kubeadm: stand-in" in output
+    assert "the test server's admin token (it has no RBAC)" in output
+    assert "real kube-apiserver" not in output
+    # the stand-in's Node: Ready, the host's 2 (stand-in) RTX 4090s allocatable, the package's version
+    assert re.search(r"Ready=True, nvidia\.com/gpu=2, kubelet v1\.32\.13, containerd://", output), output
+    check_the_whole_flow(output, hosts=1)
+    print(f"{DISABLE_ENV}=0 python -m demo --hosts 1: {took:.1f} s")
+
+
+def check_the_whole_flow(output: str, hosts: int) -> None:
+    """Every phase done, every provider Available at the end, the audit through Offline and back with the
+    alert, no token shown, nothing left on this machine."""
     for index, phase in enumerate(PHASES, 1):
         assert re.search(
             rf"^\[{index}/{len(PHASES)}\] {phase.name}: done in \d+\.\d s$", output, re.MULTILINE
@@ -90,15 +135,15 @@ def test_the_demo_runs_end_to_end_and_leaves_nothing(can_run: None) -> None:
     assert not TOKEN_RE.search(output), TOKEN_RE.search(output)
 
     providers = re.findall(r"registered as provider (\S+)$", output, re.MULTILINE)
-    assert len(providers) == 2, providers
+    assert len(providers) == hosts, providers
     summary = output[output.index("$ worldland status", output.index(f"] {PHASES[-1].name}: ")) :]
     table = summary[: summary.index("nodes, as the Kubernetes API has them")]
-    assert "providers: 2 available" in table, table
+    assert f"providers: {hosts} available" in table, table
     for provider in providers:
         row = next(line for line in table.splitlines() if provider in line)
         assert re.search(r"\bavailable\b", row), row
     nodes = summary[summary.index("nodes, as the Kubernetes API has them") :]
-    assert nodes.count("worldland.io/rental-status=available") == 2, nodes
+    assert nodes.count("worldland.io/rental-status=available") == hosts, nodes
     assert "worldland.io/offline" not in nodes  # the audited host's taint was removed again
     # the audit phase really went through Offline and back, with the alert from Prometheus's own API
     assert re.search(r": available -> offline, \d+ s after its agent stopped$", output, re.MULTILINE)
@@ -109,10 +154,9 @@ def test_the_demo_runs_end_to_end_and_leaves_nothing(can_run: None) -> None:
 
     assert "demo finished: every phase passed, nothing left running" in output
     assert leftovers(output) == []
-    print(f"python -m demo --hosts 2: {took:.1f} s")
 
 
-def test_a_failing_phase_is_named_and_everything_is_torn_down(can_run: None, tmp_path: Path) -> None:
+def test_a_failing_phase_is_named_and_everything_is_torn_down(can_run_lab: None, tmp_path: Path) -> None:
     """A wheelhouse without wheels: the agents phase fails with the role's reason, after the lab, Redis,
     control plane and Prometheus are up; all of them go."""
     empty = tmp_path / "wheelhouse"
@@ -133,7 +177,7 @@ def test_a_failing_phase_is_named_and_everything_is_torn_down(can_run: None, tmp
     assert leftovers(output) == []
 
 
-def test_ctrl_c_stops_it_and_tears_everything_down(can_run: None) -> None:
+def test_ctrl_c_stops_it_and_tears_everything_down(can_run_lab: None) -> None:
     """SIGINT while Ansible installs the agents (a playbook and its SSH sessions running): exit 130."""
     demo = subprocess.Popen(demo_argv("--hosts", "1"), cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)  # fmt: skip

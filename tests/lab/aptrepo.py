@@ -15,8 +15,9 @@ What the repository holds (``AptRepo.packages`` maps each name to its version):
   installed: the lab hosts start with this machine's dpkg status, so that is what they lack.
 - ``kubelet`` and ``kubeadm`` ``1.32.13-1.1`` (upstream's version spelling), built here with ``dpkg-deb``.
   With ``../shared/kube`` (``testkit.realkube.available()``) they carry the REAL v1.32.13 binaries of
-  ``../shared/kube/bin``; without it, wrappers that run the lab's stand-ins (``standins/kubeadm.py``; for
-  the kubelet a script that only sleeps, since the stand-in kubeadm registers the Node itself).
+  ``../shared/kube/bin``; without it, wrappers that run the lab's stand-ins (``standins/kubeadm.py``, told
+  the package's version; for the kubelet a script that only sleeps, since the stand-in kubeadm registers
+  the Node itself, Ready with the host's GPUs allocatable, through the lab's admin kubeconfig).
   ``AptRepo.kube_binaries`` says which: ``"real v1.32.13 from ../shared/kube"`` or ``"stand-in"``.
   The kubelet package holds upstream's ``kubelet.service`` and kubeadm's systemd drop-in
   ``kubelet.service.d/10-kubeadm.conf`` under ``/usr/lib/systemd/system`` (upstream ships the drop-in in
@@ -63,6 +64,7 @@ import http.server
 import ipaddress
 import json
 import os
+import shlex
 import shutil
 import socket
 import socketserver
@@ -362,8 +364,10 @@ def _text(text: str, mode: int = 0o644) -> Content:
     return Content(text.encode(), mode)
 
 
-def standin_wrapper(command: str, script: str) -> str:
-    """``/usr/bin/<command>`` that runs ``standins/<script>`` with the lab host's settings."""
+def standin_wrapper(command: str, script: str, env: Mapping[str, str] | None = None) -> str:
+    """``/usr/bin/<command>`` that runs ``standins/<script>`` with the lab host's settings (and ``env``:
+    what the package itself tells the stand-in, such as its version)."""
+    exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in (env or {}).items())
     return f"""\
 #!/bin/sh
 # worldland lab stand-in for {command}: runs tests/lab/standins/{script} with this lab host's settings
@@ -375,7 +379,7 @@ fi
 set -a
 . {STANDIN_ENV}
 set +a
-exec "$WORLDLAND_LAB_PYTHON" "$WORLDLAND_LAB_STANDINS/{script}" "$@"
+{exports}exec "$WORLDLAND_LAB_PYTHON" "$WORLDLAND_LAB_STANDINS/{script}" "$@"
 """
 
 
@@ -494,7 +498,9 @@ def build_kube_debs(out_dir: Path, mode: str | None = None) -> tuple[list[Path],
         label = "worldland lab build"
     else:
         kubelet = _text(KUBELET_STANDIN, 0o755)
-        kubeadm = _text(standin_wrapper("kubeadm", "kubeadm.py"), 0o755)
+        # the stand-in reports the package's version (the Node's kubeletVersion too)
+        version = {"WORLDLAND_LAB_KUBERNETES_VERSION": f"v{KUBE_VERSION}"}
+        kubeadm = _text(standin_wrapper("kubeadm", "kubeadm.py", version), 0o755)
         what = "a worldland lab stand-in (no ../shared/kube here): see tests/lab/aptrepo.py"
         label = "worldland lab stand-in"
     kubelet_deb = build_deb(

@@ -13,6 +13,13 @@ reach this machine (modprobe, sysctl, update-initramfs), the cluster's CNI (a br
 device-plugin DaemonSet (the lab pulls no images). Everything else is real: Debian's containerd, runc,
 CNI plugins and iptables from the repository, kubeadm/kubelet v1.32.13 from ``../shared/kube``.
 
+Where ``../shared/kube`` is absent (``testkit.realkube.available()``; ``WORLDLAND_REALKUBE=0`` pretends so)
+the cluster is the project's Kubernetes API test server (``testkit/kube_server``) on the gateway instead,
+and the kubelet/kubeadm packages carry the lab's stand-ins: no real kubelet runs (the package's only sleeps);
+the kubeadm stand-in checks the token and the pinned CA and registers the Node itself, Ready with the host's
+GPUs as ``nvidia.com/gpu`` allocatable. ``kube_description`` says which cluster it is, ``kube_real`` tells
+them apart. The test server has no RBAC, so there the controller side's kubeconfig holds its admin token.
+
 From the command line (the roles' Molecule scenarios, tests/lab/molecule/), needs root::
 
     python -m tests.lab.onboarding up --dir D [--hosts N] [--gpus SPEC] [--no-cluster]   # D/onboarding.json
@@ -25,7 +32,8 @@ is ready; ``down`` ends it with SIGTERM and then removes by PID and by name what
 left: the processes recorded or working in D (the Redis, the control plane), the lab's namespaces,
 cgroups and links (by its directory), and D. ``--no-cluster``: hosts and repository only, no Redis and no
 control plane. The Redis also listens on ``D/redis.sock``, the kubeconfig is ``D/lab/worldland.conf`` (the
-token of deploy/kubernetes's ServiceAccount ``worldland`` alone; ``D/lab/admin.conf`` is the admin's): paths
+token of deploy/kubernetes's ServiceAccount ``worldland`` alone, the admin's with the test server;
+``D/lab/admin.conf`` is the admin's): paths
 known before the lab starts, for settings read once before it (Molecule's ``molecule.yml``).
 """
 
@@ -51,6 +59,7 @@ import yaml
 
 from testkit.agent import Agent
 from testkit.factories import registration_dict
+from testkit.kube_server.server import KubeApiServer
 from testkit.realkube import RealControlPlane, available
 from testkit.realkube_rbac import service_account_kubeconfig
 from testkit.redis_server import RedisServer
@@ -94,8 +103,7 @@ class OnboardingLab:
 
     def __enter__(self) -> OnboardingLab:
         status = available()
-        if not status:
-            raise RuntimeError(f"no real control plane: {status.reason}")
+        self.kube_real = bool(status)
         try:
             lab = Lab(hosts=self.hosts, gpus=self.gpus, kube=True, dir=self.dir)
             self.lab = self.stack.enter_context(lab)
@@ -110,14 +118,13 @@ class OnboardingLab:
                 redis_server = RedisServer(also_bind=(self.lab.gateway,), unix_socket=self.redis_socket)
                 self.redis = self.stack.enter_context(redis_server)
                 self.redis_url = self.redis.url
-                self.kube = self.stack.enter_context(RealControlPlane(extra_addresses=(self.lab.gateway,)))
-                self.admin_kubeconfig = self.kube.write_kubeconfig(
-                    self.lab.dir / "admin.conf", self.lab.gateway
-                )
-                # the controller side runs as it runs in a cluster: deploy/kubernetes's ServiceAccount alone
-                self.kubeconfig = service_account_kubeconfig(
-                    self.kube, self.lab.dir / "worldland.conf", address=self.lab.gateway
-                )
+                if self.kube_real:
+                    self.start_real_control_plane()
+                else:
+                    self.start_test_server(status.reason)
+                if self.repo.kube_binaries == aptrepo.STANDIN_KUBE:
+                    # LAB SHORTCUT: the kubeadm stand-in reads tokens and creates Nodes as the admin
+                    self.lab.attach(kubeconfig=self.admin_kubeconfig)
                 self.inventory = self.write_inventory()
         except BaseException:
             self.stack.close()
@@ -126,6 +133,25 @@ class OnboardingLab:
 
     def __exit__(self, *exc: object) -> None:
         self.stack.close()
+
+    def start_real_control_plane(self) -> None:
+        self.kube = self.stack.enter_context(RealControlPlane(extra_addresses=(self.lab.gateway,)))
+        self.kube_description = self.kube.description
+        self.admin_kubeconfig = self.kube.write_kubeconfig(self.lab.dir / "admin.conf", self.lab.gateway)
+        # the controller side runs as it runs in a cluster: deploy/kubernetes's ServiceAccount alone
+        self.kubeconfig = service_account_kubeconfig(
+            self.kube, self.lab.dir / "worldland.conf", address=self.lab.gateway
+        )
+        self.kubeconfig_identity = "deploy/kubernetes's ServiceAccount token alone (least privilege)"
+
+    def start_test_server(self, why: str) -> None:
+        """The Kubernetes API test server on the gateway (and 127.0.0.1), advertised there in cluster-info."""
+        self.kube = self.stack.enter_context(KubeApiServer(extra_ips=(self.lab.gateway,)))
+        self.kube_description = f"the project's Kubernetes API test server, testkit/kube_server ({why})"
+        self.admin_kubeconfig = self.kube.write_kubeconfig(self.lab.dir / "admin.conf", self.lab.gateway)
+        # the same place as with the real one (Molecule reads it), the test server's admin token in it
+        self.kubeconfig = self.kube.write_kubeconfig(self.lab.dir / "worldland.conf", self.lab.gateway)
+        self.kubeconfig_identity = "the test server's admin token (it has no RBAC)"
 
     @classmethod
     def load(cls, state_dir: str | Path) -> OnboardingLab:
@@ -148,7 +174,8 @@ class OnboardingLab:
         if self.cluster:
             processes = {
                 "redis-server": self.redis.process.pid if self.redis.process else 0,
-                **self.kube.pids,
+                # the test server runs in this process: no processes of its own
+                **(self.kube.pids if isinstance(self.kube, RealControlPlane) else {}),
             }
             cluster = {
                 "redis_url": self.redis.url,

@@ -1,7 +1,11 @@
-"""kubeadm stand-in: ``join`` against a Kubernetes API (real or test server), ``reset``, ``version``.
+"""kubeadm stand-in: ``join`` against a Kubernetes API (real or test server), ``config validate``,
+``reset``, ``version``.
 
 ``kubeadm join ENDPOINT --token ID.SECRET --discovery-token-ca-cert-hash sha256:HEX [--node-name N]``
-or ``kubeadm join --config FILE`` (a ``JoinConfiguration``, kubeadm.k8s.io/v1beta3 or v1beta4):
+or ``kubeadm join --config FILE`` (a ``JoinConfiguration``, kubeadm.k8s.io/v1beta3 or v1beta4; its
+``nodeRegistration`` name, criSocket, taints, kubeletExtraArgs and ignorePreflightErrors are used).
+``kubeadm config validate --config FILE`` checks that file as a join would read it (known fields only, the
+discovery values) and prints ``ok``. A join:
 
 1. validates the arguments as kubeadm does, and REFUSES ``--discovery-token-unsafe-skip-ca-verification``
    (and ``unsafeSkipCAVerification: true``): the project never joins without pinning the CA;
@@ -14,7 +18,12 @@ or ``kubeadm join --config FILE`` (a ``JoinConfiguration``, kubeadm.k8s.io/v1bet
    ``usage-bootstrap-authentication`` and ``usage-bootstrap-signing``);
 5. registers the Node (``POST /api/v1/nodes``; Ready, with ``nvidia.com/gpu`` allocatable when the host
    has GPUs and a driver), writes ``/etc/kubernetes/kubelet.conf``, ``/etc/kubernetes/pki/ca.crt`` and
-   ``/var/lib/kubelet/{config.yaml,kubeadm-flags.env}``, and marks kubelet.service running.
+   ``/var/lib/kubelet/{config.yaml,kubeadm-flags.env}``, and starts kubelet.service: in a kube-mode host
+   (the lab-built kubelet package, whose kubelet only sleeps) through the systemctl stand-in, as kubeadm
+   runs ``systemctl restart kubelet``; elsewhere it marks the unit running. ``reset`` stops it likewise.
+
+The version it reports (``version``, the Node's kubeletVersion) is ``$WORLDLAND_LAB_KUBERNETES_VERSION``
+(set by the lab-built package's wrapper: the package's version), else the host config's.
 
 LAB SHORTCUT: a real kubeadm authenticates with the bootstrap token itself and lets the kubelet register
 the Node. This stand-in instead reads an admin kubeconfig that the lab put in the host's config
@@ -36,6 +45,7 @@ import re
 import shutil
 import socket
 import ssl
+import subprocess
 import sys
 import tempfile
 import urllib.error
@@ -43,6 +53,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import _services
 from _common import config, log, units
 
 TOKEN_RE = re.compile(r"^([a-z0-9]{6})\.([a-z0-9]{16})$")
@@ -51,6 +62,40 @@ KUBELET_CONF = Path("/etc/kubernetes/kubelet.conf")
 CA_CRT = Path("/etc/kubernetes/pki/ca.crt")
 KUBELET_DIR = Path("/var/lib/kubelet")
 CRI_SOCKET = "unix:///var/run/containerd/containerd.sock"
+VERSION_ENV = "WORLDLAND_LAB_KUBERNETES_VERSION"
+CONFIG_VERSIONS = ("kubeadm.k8s.io/v1beta3", "kubeadm.k8s.io/v1beta4")
+# the fields kubeadm's strict decoding accepts in a JoinConfiguration (v1beta4 adds dryRun and timeouts)
+JOIN_FIELDS = {
+    "apiVersion",
+    "kind",
+    "nodeRegistration",
+    "caCertPath",
+    "discovery",
+    "controlPlane",
+    "skipPhases",
+    "patches",
+}
+JOIN_FIELDS_V1BETA4 = {"dryRun", "timeouts"}
+DISCOVERY_FIELDS = {"bootstrapToken", "file", "tlsBootstrapToken"}  # v1beta3 adds timeout
+BOOTSTRAP_TOKEN_FIELDS = {"token", "apiServerEndpoint", "caCertHashes", "unsafeSkipCAVerification"}
+NODE_REGISTRATION_FIELDS = {
+    "name",
+    "criSocket",
+    "taints",
+    "kubeletExtraArgs",
+    "ignorePreflightErrors",
+    "imagePullPolicy",
+    "imagePullSerial",
+}
+TIMEOUT_FIELDS = {
+    "controlPlaneComponentHealthCheck",
+    "kubeletHealthCheck",
+    "kubernetesAPICall",
+    "etcdAPICall",
+    "tlsBootstrap",
+    "discovery",
+    "upgradeManifests",
+}
 # flags that may go with --config (kubeadm refuses to mix the others)
 CONFIG_COMPATIBLE = {"config", "ignore-preflight-errors", "v", "skip-phases", "dry-run"}
 VALUE_FLAGS = {
@@ -224,8 +269,27 @@ def check_token(api: Api, token: str) -> None:
             raise invalid
 
 
-def node_object(name: str, cfg: dict[str, Any], labels: dict[str, str], taints: list[Any]) -> dict[str, Any]:
+def kubernetes_version(cfg: dict[str, Any]) -> str:
+    """The kubeadm/kubelet version this host has: the lab-built package's, else the host config's."""
+    return os.environ.get(VERSION_ENV) or cfg["kubernetes_version"]
+
+
+def container_runtime_version() -> str:
+    """``containerd://<version>`` of the containerd installed here (a kube-mode host has Debian's)."""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run(
+            ["containerd", "--version"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout.split()
+        if len(out) >= 3:  # containerd github.com/containerd/containerd 1.7.24~ds1 ...
+            return f"containerd://{out[2]}"
+    return "containerd://1.7.22"
+
+
+def node_object(
+    name: str, cfg: dict[str, Any], labels: dict[str, str], taints: list[Any], cri_socket: str = CRI_SOCKET
+) -> dict[str, Any]:
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    version = kubernetes_version(cfg)
     resources = {
         "cpu": str(cfg["cpu_cores"]),
         "memory": f"{cfg['memory_mb'] * 1024}Ki",
@@ -256,7 +320,7 @@ def node_object(name: str, cfg: dict[str, Any], labels: dict[str, str], taints: 
                 **labels,
             },
             "annotations": {
-                "kubeadm.alpha.kubernetes.io/cri-socket": CRI_SOCKET,
+                "kubeadm.alpha.kubernetes.io/cri-socket": cri_socket,
                 "node.alpha.kubernetes.io/ttl": "0",
                 "volumes.kubernetes.io/controller-managed-attach-detach": "true",
             },
@@ -271,9 +335,9 @@ def node_object(name: str, cfg: dict[str, Any], labels: dict[str, str], taints: 
                 {"type": "Hostname", "address": name},
             ],
             "nodeInfo": {
-                "kubeletVersion": cfg["kubernetes_version"],
-                "kubeProxyVersion": cfg["kubernetes_version"],
-                "containerRuntimeVersion": "containerd://1.7.22",
+                "kubeletVersion": version,
+                "kubeProxyVersion": version,
+                "containerRuntimeVersion": container_runtime_version(),
                 "operatingSystem": "linux",
                 "architecture": "amd64",
                 "osImage": "Ubuntu 22.04.4 LTS",
@@ -371,25 +435,8 @@ def write_files(endpoint: str, name: str, ca_pem: bytes, flags_env: str, dry_run
 # --- commands -----------------------------------------------------------------------------------------
 
 
-def join(cfg: dict[str, Any], positional: list[str], flags: dict[str, list[str]]) -> int:
-    labels: dict[str, str] = {}
-    taints: list[Any] = []
-    ignored = {s.strip().lower() for v in flags.get("ignore-preflight-errors", []) for s in v.split(",")}
-    if "config" in flags:
-        mixed = sorted(set(flags) - CONFIG_COMPATIBLE) + (["endpoint"] if positional else [])
-        if mixed:
-            raise Fail(f"can not mix '--config' with arguments {mixed}")
-        endpoint, token, hashes, skip, node_name, labels, taints = read_join_config(one(flags, "config"))
-    else:
-        if len(positional) != 1:
-            raise Fail(
-                "[discovery] Please provide exactly one API server endpoint: kubeadm join HOST:PORT ..."
-            )
-        endpoint = positional[0]
-        token = one(flags, "discovery-token") or one(flags, "token")
-        hashes = flags.get("discovery-token-ca-cert-hash", [])
-        skip = "discovery-token-unsafe-skip-ca-verification" in flags
-        node_name = one(flags, "node-name")
+def check_discovery(endpoint: str, token: str, hashes: list[str], skip: bool) -> None:
+    """The discovery values as kubeadm validates them; never without a pinned CA."""
     if skip:
         raise Fail(
             "lab: refusing --discovery-token-unsafe-skip-ca-verification: "
@@ -412,13 +459,40 @@ def join(cfg: dict[str, Any], positional: list[str], flags: dict[str, list[str]]
             "--discovery-token-unsafe-skip-ca-verification flag to continue"
         )
     for h in hashes:
-        if not HASH_RE.match(h):
+        if not isinstance(h, str) or not HASH_RE.match(h):
             raise Fail(
                 f'discovery.bootstrapToken.caCertHashes: Invalid value: "{h}": '
                 "invalid hash, want sha256:<64 hex>"
             )
     if not re.match(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$", endpoint):
         raise Fail(f'discovery.bootstrapToken.apiServerEndpoint: Invalid value: "{endpoint}": want HOST:PORT')
+
+
+def join(cfg: dict[str, Any], positional: list[str], flags: dict[str, list[str]]) -> int:
+    labels: dict[str, str] = {}
+    taints: list[Any] = []
+    cri_socket = one(flags, "cri-socket") or CRI_SOCKET
+    ignored = {s.strip().lower() for v in flags.get("ignore-preflight-errors", []) for s in v.split(",")}
+    if "config" in flags:
+        mixed = sorted(set(flags) - CONFIG_COMPATIBLE) + (["endpoint"] if positional else [])
+        if mixed:
+            raise Fail(f"can not mix '--config' with arguments {mixed}")
+        spec = read_join_config(one(flags, "config"))
+        endpoint, token, hashes, skip = spec["endpoint"], spec["token"], spec["hashes"], spec["skip"]
+        node_name, labels, taints = spec["node_name"], spec["labels"], spec["taints"]
+        cri_socket = spec["cri_socket"] or CRI_SOCKET
+        ignored |= {s.strip().lower() for s in spec["ignore_preflight_errors"]}
+    else:
+        if len(positional) != 1:
+            raise Fail(
+                "[discovery] Please provide exactly one API server endpoint: kubeadm join HOST:PORT ..."
+            )
+        endpoint = positional[0]
+        token = one(flags, "discovery-token") or one(flags, "token")
+        hashes = flags.get("discovery-token-ca-cert-hash", [])
+        skip = "discovery-token-unsafe-skip-ca-verification" in flags
+        node_name = one(flags, "node-name")
+    check_discovery(endpoint, token, hashes, skip)
     name = (node_name or socket.gethostname()).lower()
 
     out = sys.stdout
@@ -429,11 +503,12 @@ def join(cfg: dict[str, Any], positional: list[str], flags: dict[str, list[str]]
     if CA_CRT.exists() and not ignored & {"all", "fileavailable--etc-kubernetes-pki-ca.crt"}:
         problems.append(f"[ERROR FileAvailable--etc-kubernetes-pki-ca.crt]: {CA_CRT} already exists")
     with units(cfg) as state:
+        _services.refresh(state)  # a unit whose process the systemctl stand-in started and that exited
         containerd_up = bool(state.get("containerd.service", {}).get("active"))
     if not containerd_up and not ignored & {"all", "cri"}:
         problems.append(
             f"[ERROR CRI]: container runtime is not running: output: validate service connection: "
-            f'CRI v1 runtime API is not implemented for endpoint "{CRI_SOCKET}"'
+            f'CRI v1 runtime API is not implemented for endpoint "{cri_socket}"'
         )
     if problems:
         raise Fail(
@@ -463,7 +538,7 @@ def join(cfg: dict[str, Any], positional: list[str], flags: dict[str, list[str]]
     check_token(api, token)
     out.write("[preflight] Reading configuration from the cluster...\n")
     dry_run = "dry-run" in flags
-    flags_env = f'KUBELET_KUBEADM_ARGS="--container-runtime-endpoint={CRI_SOCKET}'
+    flags_env = f'KUBELET_KUBEADM_ARGS="--container-runtime-endpoint={cri_socket}'
     flags_env += " --pod-infra-container-image=registry.k8s.io/pause:3.10"
     if labels:
         flags_env += " --node-labels=" + ",".join(f"{k}={v}" for k, v in labels.items())
@@ -477,13 +552,10 @@ def join(cfg: dict[str, Any], positional: list[str], flags: dict[str, list[str]]
     write_files(endpoint, name, ca_pem, flags_env, dry_run)
     out.write("[kubelet-start] Starting the kubelet\n")
     if not dry_run:
-        with units(cfg) as state:
-            unit = state.setdefault("kubelet.service", {})
-            unit.update(active=True, pid=41000)
-            unit["starts"] = unit.get("starts", 0) + 1
+        kubelet_service(cfg, "restart")
     out.write("[kubelet-start] Waiting for the kubelet to perform the TLS Bootstrap...\n")
     if not dry_run:
-        register(api, node_object(name, cfg, labels, taints), existing)
+        register(api, node_object(name, cfg, labels, taints, cri_socket), existing)
     log(
         cfg,
         "kubeadm",
@@ -502,33 +574,96 @@ def join(cfg: dict[str, Any], positional: list[str], flags: dict[str, list[str]]
     return 0
 
 
-def read_join_config(path: str):  # type: ignore[no-untyped-def]
+def kubelet_service(cfg: dict[str, Any], verb: str) -> None:
+    """Start (``restart``) or ``stop`` kubelet.service. A kube-mode host has the kubelet package's unit:
+    the systemctl stand-in runs it for real, as kubeadm has systemd do. Elsewhere only its state is set."""
+    if cfg.get("lab_mode") == "kube":
+        systemctl = shutil.which("systemctl") or "systemctl"
+        done = subprocess.run(
+            [systemctl, verb, "kubelet"], capture_output=True, text=True, timeout=60, check=False
+        )
+        why = f"systemctl {verb} kubelet failed ({done.returncode}): {(done.stderr or done.stdout).strip()}"
+        if done.returncode != 0 and verb == "stop":  # kubeadm reset only warns
+            sys.stderr.write(f"[reset] WARNING: {why}\n")
+        elif done.returncode != 0:
+            raise Fail(f"error execution phase kubelet-start: {why}")
+        return
+    with units(cfg) as state:
+        unit = state.setdefault("kubelet.service", {})
+        if verb == "stop":
+            unit["active"] = False
+        else:
+            unit.update(active=True, pid=41000)
+            unit["starts"] = unit.get("starts", 0) + 1
+
+
+def _unknown_fields(where: str, section: Any, known: set[str]) -> None:
+    if section is None:
+        return
+    if not isinstance(section, dict):
+        raise Fail(f"strict decoding error: {where}: want an object, got {type(section).__name__}")
+    unknown = sorted(set(section) - known)
+    if unknown:
+        raise Fail("strict decoding error: " + ", ".join(f'unknown field "{where}{k}"' for k in unknown))
+
+
+def read_join_config(path: str) -> dict[str, Any]:
+    """The ``JoinConfiguration`` in ``path``, decoded strictly (unknown fields refused, as kubeadm's
+    decoder does), as the values a join uses."""
     import yaml
 
     try:
         docs = [d for d in yaml.safe_load_all(Path(path).read_text()) if d]
     except (OSError, yaml.YAMLError) as err:
         raise Fail(f"unable to read config from {path!r}: {err}") from None
-    doc = next((d for d in docs if d.get("kind") == "JoinConfiguration"), None)
+    doc = next((d for d in docs if isinstance(d, dict) and d.get("kind") == "JoinConfiguration"), None)
     if doc is None:
         raise Fail(f"no JoinConfiguration found in {path!r}")
-    if doc.get("apiVersion") not in ("kubeadm.k8s.io/v1beta3", "kubeadm.k8s.io/v1beta4"):
-        raise Fail(f'no kind "JoinConfiguration" is registered for version "{doc.get("apiVersion")}"')
-    disc = (doc.get("discovery") or {}).get("bootstrapToken") or {}
+    api_version = doc.get("apiVersion")
+    if api_version not in CONFIG_VERSIONS:
+        raise Fail(f'no kind "JoinConfiguration" is registered for version "{api_version}"')
+    v1beta4 = api_version.endswith("v1beta4")
+    _unknown_fields("", doc, JOIN_FIELDS | (JOIN_FIELDS_V1BETA4 if v1beta4 else set()))
+    discovery = doc.get("discovery") or {}
+    _unknown_fields("discovery.", discovery, DISCOVERY_FIELDS | (set() if v1beta4 else {"timeout"}))
+    disc = discovery.get("bootstrapToken") or {}
+    _unknown_fields("discovery.bootstrapToken.", disc, BOOTSTRAP_TOKEN_FIELDS)
+    _unknown_fields("timeouts.", doc.get("timeouts"), TIMEOUT_FIELDS)
     reg = doc.get("nodeRegistration") or {}
-    extra = reg.get("kubeletExtraArgs") or {}
-    if isinstance(extra, list):  # v1beta4: [{name, value}]
+    _unknown_fields("nodeRegistration.", reg, NODE_REGISTRATION_FIELDS)
+    extra = reg.get("kubeletExtraArgs") or ([] if v1beta4 else {})
+    if v1beta4 != isinstance(extra, list):  # v1beta4: [{name, value}]; v1beta3: a map
+        want = "a list of {name, value}" if v1beta4 else "a map"
+        raise Fail(f"strict decoding error: nodeRegistration.kubeletExtraArgs: {api_version} wants {want}")
+    if isinstance(extra, list):
         extra = {a["name"]: a["value"] for a in extra}
     labels = dict(kv.split("=", 1) for kv in extra.get("node-labels", "").split(",") if "=" in kv)
-    return (
-        disc.get("apiServerEndpoint", ""),
-        disc.get("token") or (doc.get("discovery") or {}).get("tlsBootstrapToken", ""),
-        list(disc.get("caCertHashes") or []),
-        bool(disc.get("unsafeSkipCAVerification")),
-        reg.get("name", ""),
-        labels,
-        list(reg.get("taints") or []),
-    )
+    hashes = disc.get("caCertHashes") or []
+    return {
+        "endpoint": str(disc.get("apiServerEndpoint", "")),
+        "token": str(disc.get("token") or discovery.get("tlsBootstrapToken", "")),
+        "hashes": list(hashes) if isinstance(hashes, list) else [hashes],
+        "skip": bool(disc.get("unsafeSkipCAVerification")),
+        "node_name": str(reg.get("name", "")),
+        "cri_socket": str(reg.get("criSocket") or ""),
+        "labels": labels,
+        "taints": list(reg.get("taints") or []),
+        "ignore_preflight_errors": [str(e) for e in reg.get("ignorePreflightErrors") or []],
+    }
+
+
+def config_command(positional: list[str], flags: dict[str, list[str]]) -> int:
+    """``kubeadm config validate --config FILE``: the file read as a join reads it; ``ok`` when it holds."""
+    if positional != ["validate"]:
+        raise Fail(
+            f'unknown command "config {" ".join(positional)}" (the lab stand-in knows config validate)'
+        )
+    if "config" not in flags:
+        raise Fail('required flag(s) "config" not set')
+    spec = read_join_config(one(flags, "config"))
+    check_discovery(spec["endpoint"], spec["token"], spec["hashes"], spec["skip"])
+    sys.stdout.write("ok\n")
+    return 0
 
 
 def reset(cfg: dict[str, Any], flags: dict[str, list[str]]) -> int:
@@ -541,8 +676,9 @@ def reset(cfg: dict[str, Any], flags: dict[str, list[str]]) -> int:
     out = sys.stdout
     out.write("[preflight] Running pre-flight checks\n[reset] Stopping the kubelet service\n")
     with units(cfg) as state:
-        if "kubelet.service" in state:
-            state["kubelet.service"]["active"] = False
+        known = "kubelet.service" in state
+    if known or cfg.get("lab_mode") == "kube":
+        kubelet_service(cfg, "stop")
     dirs = [Path("/etc/kubernetes/manifests"), KUBELET_DIR, Path("/etc/kubernetes/pki")]
     out.write(f"[reset] Deleting contents of directories: {[str(d) for d in dirs]}\n")
     for d in dirs:
@@ -565,7 +701,7 @@ def reset(cfg: dict[str, Any], flags: dict[str, list[str]]) -> int:
 
 
 def version(cfg: dict[str, Any], flags: dict[str, list[str]]) -> int:
-    ver = cfg["kubernetes_version"]
+    ver = kubernetes_version(cfg)
     major, minor = ver.lstrip("v").split(".")[:2]
     info = {
         "major": major,
@@ -596,16 +732,21 @@ def main(argv: list[str]) -> int:
     try:
         positional, flags = parse(argv)
         if not positional:
-            sys.stdout.write("Usage:\n  kubeadm [command]\n\nAvailable Commands: join, reset, version\n")
+            sys.stdout.write(
+                "Usage:\n  kubeadm [command]\n\nAvailable Commands: config, join, reset, version\n"
+            )
             return 0
         command, rest = positional[0], positional[1:]
         if command == "join":
             return join(cfg, rest, flags)
+        if command == "config":
+            return config_command(rest, flags)
         if command == "reset":
             return reset(cfg, flags)
         if command == "version":
             return version(cfg, flags)
-        raise Fail(f'unknown command "{command}" for "kubeadm" (the lab stand-in knows join, reset, version)')
+        known = "config, join, reset, version"
+        raise Fail(f'unknown command "{command}" for "kubeadm" (the lab stand-in knows {known})')
     except Fail as err:
         redacted = [re.sub(r"\b([a-z0-9]{6})\.[a-z0-9]{16}\b", r"\1.<redacted>", a) for a in argv]
         log(cfg, "kubeadm", argv=redacted, error=str(err))
