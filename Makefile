@@ -49,9 +49,11 @@ pytest: install
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # Benchmarks on a private redis-server; results go to docs/benchmarks.md by hand, figures in one run.
-# Then the fan-out of onboard.yml on lab hosts (root; real kubeadm joins with ../shared/kube).
+# Then the fan-out of onboard.yml on lab hosts (root): with the lab's join stand-in (no kubelets), then
+# with real kubeadm joins and kubelets (../shared/kube).
 bench: install
 	$(BIN)/python -m bench all
+	$(BIN)/python -m tests.lab.bench_onboard --stand-in-join
 	$(BIN)/python -m tests.lab.bench_onboard
 
 # The whole flow end to end on HOSTS lab hosts (1-20; root: network namespaces), then torn down.
