@@ -43,7 +43,7 @@ from typing import IO, Any, Self
 import yaml
 
 from testkit.debian import run_tool, unpack_package
-from testkit.realkube import Availability, cache_dir, directory_lock
+from testkit.realkube import Availability, cache_dir, directory_lock, terminate
 from testkit.redis_server import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -123,16 +123,7 @@ def available(fetch: bool = True) -> Availability:
 
 def _cleanup(process: list[subprocess.Popen[bytes]], logs: list[IO[bytes]], workdir: list[Path]) -> None:
     """What ``stop()`` does; also registered with ``weakref.finalize`` for an interpreter that exits first."""
-    for proc in process:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=STOP_GRACE_S)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=30)
+    terminate({f"prometheus {proc.pid}": proc for proc in process}, grace=STOP_GRACE_S)
     process.clear()
     for log in logs:
         log.close()

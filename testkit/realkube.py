@@ -332,7 +332,7 @@ class _Exited(RealKubeError):
     """A process ended while it was being waited for (a port taken since it was chosen, most often)."""
 
 
-def _terminate(processes: Mapping[str, subprocess.Popen[bytes]], grace: float = STOP_GRACE_S) -> None:
+def terminate(processes: Mapping[str, subprocess.Popen[bytes]], grace: float = STOP_GRACE_S) -> None:
     """In order, each by its PID: SIGTERM, SIGKILL if it is still there after ``grace`` seconds; reaped.
 
     One at a time: kube-apiserver shuts down in about a second while etcd is still up, but waits
@@ -353,7 +353,7 @@ def _cleanup(
     processes: dict[str, subprocess.Popen[bytes]], logs: list[IO[bytes]], workdir: list[Path]
 ) -> None:
     """What ``stop()`` does; also registered with ``weakref.finalize`` for an interpreter that exits first."""
-    _terminate(dict(reversed(list(processes.items()))))
+    terminate(dict(reversed(list(processes.items()))))
     processes.clear()
     for log in logs:
         log.close()
