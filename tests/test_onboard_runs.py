@@ -39,7 +39,13 @@ from worldland.cli.main import main
 from worldland.control.listener import Listener
 from worldland.control.logs import JsonFormatter
 from worldland.control.onboard_queue import OnboardQueue, RetryPolicy, approved_onboarding
-from worldland.control.onboard_runs import OnboardResult, OnboardSettings, record_unreachable, run_onboarding
+from worldland.control.onboard_runs import (
+    HostStats,
+    OnboardResult,
+    OnboardSettings,
+    record_failures,
+    run_onboarding,
+)
 from worldland.domain.lifecycle import Status
 from worldland.domain.names import canonical_gpu_model
 from worldland.domain.policy import ApprovalMode, ApprovalPolicy
@@ -339,6 +345,18 @@ def test_a_run_reports_per_host_keeps_secrets_out_and_never_renders_provider_tex
     assert probe.secret not in probe.artifact_text()
     assert HOSTILE["os"] in probe.artifact_text()
 
+    # The probe has no rescue: each failed host's first failure is recorded on its provider, a no_log
+    # one without its message; a host that did not fail keeps no error.
+    assert record_failures(fleet, result) == {
+        "p-failing": "Fail with the secret: failed (output hidden: the task is no_log)",
+        "p-loud": "Fail until the attempt the test asks for: attempt 1 of 2",
+    }
+    assert (
+        fleet.store.require("p-loud").last_error == "Fail until the attempt the test asks for: attempt 1 of 2"
+    )
+    assert probe.secret not in fleet.store.require("p-failing").last_error
+    assert fleet.store.require("p-hostile").last_error == ""
+
 
 # -- the command ----------------------------------------------------------------------------------------
 
@@ -543,9 +561,33 @@ def test_an_unreachable_host_is_recorded_on_its_approved_provider_only(fleet: Fl
         artifacts=tmp_path,
         unreachable={approved: "ssh: connect to host 10.0.0.9 port 22: Connection refused\n", available: "x"},
     )
-    assert record_unreachable(fleet, result) == {
+    assert record_failures(fleet, result) == {
         "p-gone": "unreachable over SSH: ssh: connect to host 10.0.0.9 port 22: Connection refused"
     }
     gone, done = fleet.store.require("p-gone"), fleet.store.require("p-done")
     assert gone.status is Status.APPROVED and gone.last_error.startswith("unreachable over SSH: ssh: connect")
     assert done.last_error == ""
+
+
+def test_a_failure_the_playbook_rescued_keeps_the_error_the_rescue_recorded(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    """onboard.yml's rescue records the failed task's message; a failure outside the block (fact
+    gathering) has no rescue and is recorded from the run's events."""
+    rescued = put(fleet, "p-rescued", Status.APPROVED)
+    facts = put(fleet, "p-facts", Status.APPROVED)
+    fleet.store.set_error("p-rescued", "Join the cluster: kubeadm join timed out")
+    result = OnboardResult(
+        run_id="r2",
+        rc=2,
+        status="failed",
+        hosts={rescued: HostStats(ok=3, failed=1, rescued=1), facts: HostStats(failed=1)},
+        artifacts=tmp_path,
+        failures={
+            rescued: "Join the cluster: kubeadm join timed out",
+            facts: "Gathering Facts: Timeout (12s)",
+        },
+    )
+    assert record_failures(fleet, result) == {"p-facts": "Gathering Facts: Timeout (12s)"}
+    assert fleet.store.require("p-rescued").last_error == "Join the cluster: kubeadm join timed out"
+    assert fleet.store.require("p-facts").last_error == "Gathering Facts: Timeout (12s)"

@@ -29,7 +29,7 @@ from worldland.control.onboard_runs import (
     OnboardSettings,
     checked,
     provider_hosts,
-    record_unreachable,
+    record_failures,
     run_onboarding,
 )
 
@@ -179,7 +179,7 @@ def onboard(
         result = run_onboarding(settings, hosts)
     except OnboardError as exc:
         fail(str(exc))
-    record_unreachable(obj.fleet, result)
+    record_failures(obj.fleet, result)
     if as_json:
         print_json(result.to_dict())
     elif result.succeeded or result.failed_hosts:  # else the error line says it all

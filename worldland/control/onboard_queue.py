@@ -21,7 +21,7 @@ from worldland.control.onboard_runs import (
     OnboardResult,
     OnboardSettings,
     approved_hosts,
-    record_unreachable,
+    record_failures,
     run_onboarding,
 )
 from worldland.state.fleet import Fleet
@@ -239,7 +239,7 @@ def approved_onboarding(fleet: Fleet, settings: OnboardSettings) -> RunFunction:
             )
             return None
         result = run_onboarding(settings, hosts, cancel=cancel)
-        record_unreachable(fleet, result)
+        record_failures(fleet, result)
         return result
 
     return run

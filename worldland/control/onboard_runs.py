@@ -144,6 +144,7 @@ class OnboardResult:
     providers: dict[str, str] = field(default_factory=dict)
     error: str | None = None
     unreachable: dict[str, str] = field(default_factory=dict)  # host -> why
+    failures: dict[str, str] = field(default_factory=dict)  # host -> its first failed task: "task: why"
 
     @property
     def succeeded(self) -> bool:
@@ -350,6 +351,7 @@ def run_onboarding(
         providers=limit,
         error=None,
         unreachable=dict(events.unreachable),
+        failures=dict(events.failures),
     )
     if not result.succeeded and not result.failed_hosts:  # it stopped early, or not on a host
         result = replace(result, error=events.error() or f"the run ended {result.status} (rc {result.rc})")
@@ -369,19 +371,32 @@ def run_onboarding(
     return result
 
 
-def record_unreachable(fleet: Fleet, result: OnboardResult) -> dict[str, str]:
-    """An unreachable host gets no ``rescue`` in the playbook: record why on its provider here, when it
-    is still Approved (it stays so and the next run tries it again). Returns provider id -> message."""
-    if not result.unreachable:
+def record_failures(fleet: Fleet, result: OnboardResult) -> dict[str, str]:
+    """Every host that failed and whose provider is still Approved gets why as its ``last_error`` (it
+    stays Approved and the next run tries it again): unreachable over SSH, or its first failed task
+    where the playbook's ``rescue`` did not record one (a task outside the block, fact gathering, a
+    playbook without a rescue). Returns provider id -> message."""
+    # (a host without stats: the run stopped before them)
+    failed = set(result.unreachable) | {
+        h for h in result.failures if h not in result.hosts or not result.hosts[h].succeeded
+    }
+    if not failed:
         return {}
     store = fleet.store
     by_node = {r.node_name: r for r in store.get_many(store.ids([Status.APPROVED]))}
     recorded = {}
-    for host, why in sorted(result.unreachable.items()):
+    for host in sorted(failed):
         record = by_node.get(host)
-        if record is not None:
-            recorded[record.provider_id] = error_line(f"unreachable over SSH: {why}")
-            store.set_error(record.provider_id, recorded[record.provider_id])
+        if record is None:
+            continue
+        if host in result.unreachable:
+            message = f"unreachable over SSH: {result.unreachable[host]}"
+        elif host in result.hosts and result.hosts[host].rescued and record.last_error:
+            continue  # the playbook's rescue recorded this run's failure
+        else:
+            message = result.failures[host]
+        recorded[record.provider_id] = error_line(message)
+        store.set_error(record.provider_id, recorded[record.provider_id])
     return recorded
 
 
@@ -432,6 +447,7 @@ class RunEvents:
         self.run_id = run_id
         self.stats: dict[str, Any] | None = None
         self.unreachable: dict[str, str] = {}  # host -> why (the first time it became unreachable)
+        self.failures: dict[str, str] = {}  # host -> "task: why" of its first failure not ignored
         self._played = False
         self._early_output: list[str] = []
 
@@ -479,6 +495,14 @@ class RunEvents:
             if status == "unreachable" and not data.get("ignore_unreachable"):
                 self.unreachable.setdefault(str(data.get("host")), _text(res.get("msg") or "unreachable"))
         failing = status in ("failed", "unreachable") and not data.get("ignore_errors")
+        if failing and status == "failed":
+            res = result if isinstance(result, dict) else {}
+            why = (
+                "failed (output hidden: the task is no_log)"
+                if censored
+                else _text(res.get("msg") or "failed")
+            )
+            self.failures.setdefault(str(data.get("host")), f"{data.get('task')}: {why}")
         log.log(logging.WARNING if failing else logging.INFO, "onboard task", extra=line)
 
     def hosts(self) -> dict[str, HostStats]:
