@@ -16,7 +16,6 @@ number of providers it failed for.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -230,52 +229,42 @@ class Listener:
 
     def _handle_registrations(self, batch: list[Entry]) -> None:
         for entry in batch:
-            reason: str | None = None
+            provider_id: str | None
+            reason: str | None
             try:
-                outcome = self.onboarding.handle_registration(entry.data or "")
+                result = self.onboarding.handle_registration(entry.data or "")
+                outcome, provider_id, reason = result.outcome, result.provider_id, result.reason
             except Rejected as err:
-                reason = str(err)
-                self._dead_letter(entry, reason)
-                outcome = err.outcome  # "wallet_mismatch" counts registrations for others' ids
+                outcome, provider_id, reason = err.outcome, err.provider_id, str(err)
+                self._dead_letter(entry, reason)  # "wallet_mismatch" counts registrations for others' ids
             except (redis.ConnectionError, redis.TimeoutError):
                 raise  # not acknowledged: handled again once Redis is back
             except Exception as err:  # a bug or a race must not stop the stream (nor loop on this entry)
                 self._dead_letter_failure(entry, err)
-                outcome = "failed"
+                outcome, provider_id, reason = "failed", readable_identity(entry.data)[0], None
             self.metrics.registrations.labels(outcome=outcome).inc()
             if outcome == "approved":
                 self._approvals_in_batch = True
-            self._log_registration(entry, outcome, reason)
+            self._log_registration(entry, outcome, provider_id, reason)
 
-    def _log_registration(self, entry: Entry, outcome: str, reason: str | None) -> None:
+    def _log_registration(
+        self, entry: Entry, outcome: str, provider_id: str | None, reason: str | None
+    ) -> None:
         """One line per registration: its provider (where the message names a valid id) and outcome;
         for a refusal the reason, which for one that was answered is what the provider was told."""
-        provider_id, _wallet = readable_identity(entry.data)
         fields: dict[str, object] = {
             "entry_id": entry.entry_id,
             "provider_id": provider_id,
             "outcome": outcome,
         }
         if outcome in REFUSALS:
-            fields["reason"] = reason or (self._last_answer(provider_id) if provider_id else None)
+            fields["reason"] = reason
         log.info("registration", extra=fields)
         if outcome == "approved" and self.onboarding.cluster is None:
             log.warning(
                 "approved, but no join token can be sent: no Kubernetes access (no --kubeconfig)",
                 extra={"provider_id": provider_id},
             )
-
-    def _last_answer(self, provider_id: str) -> str | None:
-        """The ``message`` of the newest answer on the provider's response stream (one read)."""
-        newest = self.fleet.client.xrevrange(self.onboarding.streams.response(provider_id), count=1)
-        fields = newest[0][1] if newest else None
-        data = fields.get("data") if isinstance(fields, dict) else None
-        try:
-            answer = json.loads(data) if data else None
-        except ValueError:
-            return None
-        message = answer.get("message") if isinstance(answer, dict) else None
-        return message if isinstance(message, str) else None
 
     def _handle_heartbeats(self, batch: list[Entry]) -> None:
         beats, sources = [], []

@@ -95,9 +95,14 @@ class Cluster(NodeWriter, Protocol):
 
 
 class Rejected(Exception):
-    """A message that is refused as a whole: dead-lettered with this reason (never holds a token)."""
+    """A message that is refused as a whole: dead-lettered with this reason (never holds a token).
+    ``provider_id``: the id it names, where that could be read."""
 
     outcome = "invalid"  # the listener's metric label
+
+    def __init__(self, reason: str, provider_id: str | None = None) -> None:
+        super().__init__(reason)
+        self.provider_id = provider_id
 
 
 class JoinUnavailable(Exception):
@@ -109,6 +114,16 @@ class ForeignRegistration(Rejected):
     belongs to the id's owner), dead-lettered and counted."""
 
     outcome = "wallet_mismatch"
+
+
+@dataclass(frozen=True)
+class RegistrationOutcome:
+    """What one registration came to: ``outcome`` (the listener's metric label: approved, pending,
+    rejected, refused, held, existing), its provider, and for a refusal what the provider was told."""
+
+    outcome: str
+    provider_id: str
+    reason: str | None = None
 
 
 @dataclass
@@ -222,8 +237,8 @@ class Onboarding:
 
     # -- registration -----------------------------------------------------------------------------
 
-    def handle_registration(self, raw: str) -> str:
-        """Process one registration message; returns its outcome (for metrics).
+    def handle_registration(self, raw: str) -> RegistrationOutcome:
+        """Process one registration message; returns what it came to.
 
         Every check (validation, wallet, policy, capacity) comes before any write. Raises ``Rejected``
         for a message that must be dead-lettered.
@@ -234,16 +249,18 @@ class Onboarding:
             pid, wallet = readable_identity(raw)
             if pid is not None:
                 if not self._may_answer(pid, wallet):
-                    raise ForeignRegistration(f"{err} (for provider {pid!r}, from another wallet)") from None
+                    raise ForeignRegistration(
+                        f"{err} (for provider {pid!r}, from another wallet)", pid
+                    ) from None
                 self.answer(
                     pid, RegistrationResponse(success=False, status=Status.REJECTED, message=str(err))
                 )
-            raise Rejected(str(err)) from None
+            raise Rejected(str(err), pid) from None
 
         pid = request.provider_id
         existing = self.store.get(pid)
         if existing is not None and not same_wallet(existing.wallet_addr, request.wallet_addr):
-            raise ForeignRegistration(str(WalletMismatch(pid)))
+            raise ForeignRegistration(str(WalletMismatch(pid)), pid)
         refusals = self.policy.refusals(request)
         if existing is None or existing.status is Status.PENDING:
             record = self._register(request, existing)
@@ -252,12 +269,12 @@ class Onboarding:
             return self._pending_or_approved(record)
         if existing.status is Status.REJECTED:
             if existing.rejected_by == OPERATOR:
-                self.answer_state(
-                    existing,
+                message = (
                     f"rejected by an operator ({existing.status_reason}); "
-                    "registering again does not change that: ask the operator",
+                    "registering again does not change that: ask the operator"
                 )
-                return "rejected"
+                self.answer_state(existing, message)
+                return RegistrationOutcome("rejected", pid, message)
             record = self._register(request, existing)
             if refusals:
                 return self._reject_by_policy(record, refusals)
@@ -269,40 +286,39 @@ class Onboarding:
 
     def _reregister_removed(
         self, existing: ProviderRecord, request: Registration, refusals: list[str]
-    ) -> str:
+    ) -> RegistrationOutcome:
         """An offboarded provider registers again: judged afresh, as a new one, and started over (Pending,
         then approved as the policy says). One the policy refuses stays Removed, and nothing is stored."""
         pid = existing.provider_id
         if refusals:
+            message = "; ".join(refusals) + " (the provider was offboarded and stays so)"
             self.answer(
                 pid,
                 RegistrationResponse(
-                    success=False,
-                    status=Status.REMOVED,
-                    message="; ".join(refusals) + " (the provider was offboarded and stays so)",
-                    node_name=existing.node_name,
+                    success=False, status=Status.REMOVED, message=message, node_name=existing.node_name
                 ),
             )
-            return "rejected"
+            return RegistrationOutcome("rejected", pid, message)
         self._register(request, existing)
         self.store.transition(
             pid, Status.PENDING, reason="registered again after being offboarded", expected=Status.REMOVED
         )
         return self._pending_or_approved(self.store.require(pid))
 
-    def _reregister_live(self, existing: ProviderRecord, request: Registration, refusals: list[str]) -> str:
+    def _reregister_live(
+        self, existing: ProviderRecord, request: Registration, refusals: list[str]
+    ) -> RegistrationOutcome:
         """An approved (joined, available, offline) provider registers again: the policy applies as to
         a new one; a change it refuses is refused, one that needs an operator waits for one."""
         pid = existing.provider_id
         if refusals:
-            self.answer_state(
-                existing,
+            message = (
                 "registration change refused: "
                 + "; ".join(refusals)
-                + f"; the provider stays {existing.status} with the registration it was approved with",
-                success=False,
+                + f"; the provider stays {existing.status} with the registration it was approved with"
             )
-            return "refused"
+            self.answer_state(existing, message, success=False)
+            return RegistrationOutcome("refused", pid, message)
         held = self.policy.changes_needing_approval(approved_registration(existing), request)
         if held:
             self.store.hold_change(pid, request)
@@ -311,15 +327,15 @@ class Onboarding:
                 self.send_join_token(pid, message=message)
             else:
                 self.answer_state(existing, message)
-            return "held"
+            return RegistrationOutcome("held", pid)
         record = self._register(request, existing)
         if record.status is Status.APPROVED:  # the same token again while it lasts, else a fresh one
             self.send_join_token(pid)
-            return "approved"
+            return RegistrationOutcome("approved", pid)
         self.answer_state(record, f"already {record.status}; no new join token")
-        return "existing"
+        return RegistrationOutcome("existing", pid)
 
-    def _reject_by_policy(self, record: ProviderRecord, refusals: list[str]) -> str:
+    def _reject_by_policy(self, record: ProviderRecord, refusals: list[str]) -> RegistrationOutcome:
         reason = "; ".join(refusals)
         if record.status is Status.PENDING:
             self.store.transition(record.provider_id, Status.REJECTED, reason=reason)
@@ -329,25 +345,25 @@ class Onboarding:
                 success=False, status=Status.REJECTED, message=reason, node_name=record.node_name
             ),
         )
-        return "rejected"
+        return RegistrationOutcome("rejected", record.provider_id, reason)
 
-    def _pending_or_approved(self, record: ProviderRecord) -> str:
+    def _pending_or_approved(self, record: ProviderRecord) -> RegistrationOutcome:
         if self.policy.mode is ApprovalMode.AUTO:
             self.approve(record.provider_id)
-            return "approved"
+            return RegistrationOutcome("approved", record.provider_id)
         self.answer_state(record, "registration received; waiting for an operator's approval")
-        return "pending"
+        return RegistrationOutcome("pending", record.provider_id)
 
     def _register(self, request: Registration, existing: ProviderRecord | None) -> ProviderRecord:
         try:
             return self.fleet.register(request).record
         except WalletMismatch as err:
-            raise ForeignRegistration(str(err)) from None
+            raise ForeignRegistration(str(err), request.provider_id) from None
         except CapacityError as err:
             message = f"capacity: {err}"
             if existing is not None:  # the wallet matched: the owner is told why
                 self.answer_state(existing, message, success=False)
-            raise Rejected(message) from None
+            raise Rejected(message, request.provider_id) from None
 
     # -- approval and tokens ----------------------------------------------------------------------
 
