@@ -70,9 +70,10 @@ def fleet_summary(overview: FleetOverview) -> Text:
     return cell_lines(lines)
 
 
-def provider_table(providers: list[ProviderLine], *, wide: bool = False) -> Table:
-    """A row per provider. To fit 80 columns with the agent's 42-character ids, the node name goes
-    under the provider id (its own column with ``wide``); values too long fold onto more lines."""
+def provider_table(providers: list[ProviderLine], taken_at: float, *, wide: bool = False) -> Table:
+    """A row per provider, heartbeat ages as at ``taken_at``. To fit 80 columns with the agent's
+    42-character ids, the node name goes under the provider id (its own column with ``wide``); values
+    too long fold onto more lines."""
     table = Table(
         title=f"{len(providers)} provider(s)",
         box=box.SIMPLE_HEAD,
@@ -97,7 +98,7 @@ def provider_table(providers: list[ProviderLine], *, wide: bool = False) -> Tabl
             who = cell(p.provider_id)
             who.append("\n" + plain(p.node_name), style="dim")
             row = [who, cell(p.status)]
-        row += [gpu_cell(p.gpus), cell(relative_text(p.heartbeat_age_s))]
+        row += [gpu_cell(p.gpus), cell(relative_text(p.heartbeat_age_s(taken_at)))]
         if wide:
             row.append(cell(time_text(p.last_heartbeat, wide=True) if p.last_heartbeat else ""))
             row.append(cell(p.last_error))
@@ -117,7 +118,7 @@ def fleet_view(overview: FleetOverview, *, wide: bool = False, header: str | Non
     parts: list[RenderableType] = []
     if header is not None:
         parts.append(Text(header, style="bold"))
-    parts += [fleet_summary(overview), provider_table(overview.providers, wide=wide)]
+    parts += [fleet_summary(overview), provider_table(overview.providers, overview.taken_at, wide=wide)]
     if not wide:  # --wide has them in the table
         errors = errors_block(overview.providers)
         if errors is not None:

@@ -20,9 +20,11 @@ class ProviderLine:
     node_name: str
     public_ip: str
     last_heartbeat: float | None  # our receive time (epoch s); None: never beat
-    heartbeat_age_s: float | None
     gpus: dict[str, GpuCapacity]  # canonical model -> counts
     last_error: str
+
+    def heartbeat_age_s(self, now: float) -> float | None:
+        return age_s(self.last_heartbeat, now)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +84,6 @@ def fleet_overview(fleet: Fleet, statuses: list[Status] | None = None) -> FleetO
                 node_name=record.node_name,
                 public_ip=record.public_ip,
                 last_heartbeat=beat,
-                heartbeat_age_s=age_s(beat, now),
                 gpus=dict(capacity.gpus) if capacity else {},
                 last_error=record.last_error,
             )
