@@ -10,11 +10,7 @@ plugin pods are started: what is checked is the object the API server keeps.
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +21,7 @@ import yaml
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
+from testkit.commands import run_local_play, worldland_env
 from testkit.realkube import RealControlPlane
 from testkit.realkube_fixtures import record_kube_target
 from worldland.domain.device_plugin import (
@@ -43,7 +40,6 @@ from worldland.domain.names import (
 )
 from worldland.kube import FIELD_MANAGER, KubeClient
 
-REPO = Path(__file__).resolve().parent.parent
 PINNED_IMAGE = "nvcr.io/nvidia/k8s-device-plugin:v0.17.0"
 
 
@@ -336,18 +332,13 @@ def fixed_name(
 
 def play(tmp_path: Path, kubeconfig: Path, *, check: bool = False, **dp_args: Any):
     """One ``ansible-playbook`` run; returns the process, the task's result and the recap's counts."""
-    (tmp_path / "play.yml").write_text(PLAYBOOK)
-    out = tmp_path / f"result-{uuid.uuid4().hex[:6]}.json"
-    env = {**os.environ, "WORLDLAND_KUBECONFIG": str(kubeconfig), "ANSIBLE_CONFIG": str(REPO / "ansible.cfg")}
-    extra = json.dumps({"dp_args": dp_args, "out": str(out)})
-    run = subprocess.run(
-        [str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,", "-c", "local",
-         str(tmp_path / "play.yml"), "-e", extra, *(["--check"] if check else [])],
-        capture_output=True, text=True, timeout=300, cwd=REPO, env=env, check=False,
-    )  # fmt: skip
+    env = worldland_env(kubeconfig=kubeconfig)
+    run, result = run_local_play(
+        tmp_path, PLAYBOOK, {"dp_args": dp_args}, env, *(["--check"] if check else [])
+    )
     recap = RECAP.search(run.stdout)
     counts = {"ok": int(recap[1]), "changed": int(recap[2]), "failed": int(recap[3])} if recap else None
-    return run, (json.loads(out.read_text()) if out.exists() else None), counts
+    return run, result, counts
 
 
 def test_the_action_applies_once_then_changes_nothing(tmp_path, fixed_name, apps):

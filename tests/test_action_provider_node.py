@@ -3,14 +3,11 @@ against real Redis and the Kubernetes API test server."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from testkit.commands import run_local_play, worldland_env
 from testkit.factories import registration
 from testkit.nodes import create_node, set_node_status
 from worldland.domain.lifecycle import Status
@@ -18,7 +15,6 @@ from worldland.state.connection import connect
 from worldland.state.fleet import Fleet
 from worldland.state.keys import Keys
 
-REPO = Path(__file__).resolve().parent.parent
 PLAYBOOK = """
 - hosts: localhost
   gather_facts: false
@@ -41,22 +37,8 @@ def fleet(redis_url: str, keys: Keys) -> Fleet:
 
 
 def play(tmp_path: Path, redis_url: str, keys: Keys, kube_api, pid: str, require_available: bool = False):
-    (tmp_path / "play.yml").write_text(PLAYBOOK)
-    out = tmp_path / "result.json"
-    env = {
-        **os.environ,
-        "WORLDLAND_REDIS_URL": redis_url,
-        "WORLDLAND_KEY_PREFIX": keys.prefix,
-        "WORLDLAND_KUBECONFIG": str(kube_api.kubeconfig),
-        "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
-    }
-    extra = json.dumps({"pid": pid, "out": str(out), "require_available": require_available})
-    run = subprocess.run(
-        [str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,", "-c", "local",
-         str(tmp_path / "play.yml"), "-e", extra],
-        capture_output=True, text=True, timeout=300, cwd=REPO, env=env, check=False,
-    )  # fmt: skip
-    return run, (json.loads(out.read_text()) if out.exists() else None)
+    env = worldland_env(redis_url=redis_url, key_prefix=keys.prefix, kubeconfig=kube_api.kubeconfig)
+    return run_local_play(tmp_path, PLAYBOOK, {"pid": pid, "require_available": require_available}, env)
 
 
 def test_a_joined_node_is_recorded_labelled_and_made_available(tmp_path, fleet, redis_url, keys, kube_api):

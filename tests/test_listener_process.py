@@ -4,76 +4,23 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
 import uuid
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import redis
 
 from testkit.factories import registration, registration_dict
+from testkit.listener import ListenerProcess
 from testkit.redis_server import RedisServer, free_port
 from worldland.domain.lifecycle import Status
 from worldland.kube import KubeClient
 from worldland.protocol.streams import DEFAULT_GROUP, StreamNames
 from worldland.state.connection import connect
 from worldland.state.fleet import Fleet
-from worldland.state.keys import Keys
-
-WORLDLAND = Path(sys.executable).parent / "worldland"
-
-
-class ListenerProcess:
-    def __init__(self, redis_url: str, keys: Keys, names: StreamNames, workdir: Path, *extra: str) -> None:
-        self.args = [
-            str(WORLDLAND),
-            "--redis-url",
-            redis_url,
-            "--key-prefix",
-            keys.prefix,
-            "listen",
-            "--stream-namespace",
-            names.namespace,
-            "--block-ms",
-            "100",
-            *extra,
-        ]
-        self.log_path = workdir / f"listener-{uuid.uuid4().hex[:6]}.log"
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> ListenerProcess:
-        self.log = self.log_path.open("w")
-        self.process = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT)
-        return self
-
-    def log_lines(self) -> list[dict]:
-        lines = []
-        for line in self.log_path.read_text().splitlines():
-            try:
-                lines.append(json.loads(line))
-            except ValueError:
-                lines.append({"message": line})
-        return lines
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
-        assert self.process is not None
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-        code = self.process.wait(timeout=timeout)
-        self.log.close()
-        return code
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-        if not self.log.closed:
-            self.log.close()
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.2, what: str = "condition") -> None:

@@ -3,19 +3,15 @@ the Kubernetes API test server: each provider's node as the cluster sees it, wri
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
+from testkit.commands import run_local_play, worldland_env
 from testkit.factories import registration
 from testkit.nodes import create_node
 from worldland.state.connection import connect
 from worldland.state.fleet import Fleet
 from worldland.state.keys import Keys
 
-REPO = Path(__file__).resolve().parent.parent
 PLAYBOOK = """
 - hosts: localhost
   gather_facts: false
@@ -28,22 +24,8 @@ PLAYBOOK = """
 
 
 def lookup(tmp_path: Path, redis_url: str, keys: Keys, kube_api, pids: list[str]):
-    (tmp_path / "play.yml").write_text(PLAYBOOK)
-    out = tmp_path / "result.json"
-    env = {
-        **os.environ,
-        "WORLDLAND_REDIS_URL": redis_url,
-        "WORLDLAND_KEY_PREFIX": keys.prefix,
-        "WORLDLAND_KUBECONFIG": str(kube_api.kubeconfig),
-        "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
-    }
-    extra = json.dumps({"pids": pids, "out": str(out)})
-    run = subprocess.run(
-        [str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,", "-c", "local",
-         str(tmp_path / "play.yml"), "-e", extra],
-        capture_output=True, text=True, timeout=300, cwd=REPO, env=env, check=False,
-    )  # fmt: skip
-    return run, (json.loads(out.read_text()) if out.exists() else None)
+    env = worldland_env(redis_url=redis_url, key_prefix=keys.prefix, kubeconfig=kube_api.kubeconfig)
+    return run_local_play(tmp_path, PLAYBOOK, {"pids": pids}, env)
 
 
 def test_each_provider_gets_its_node_or_a_node_that_does_not_exist(tmp_path, redis_url, keys, kube_api):

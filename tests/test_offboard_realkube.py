@@ -6,10 +6,6 @@ runs, so a pod with a termination grace period stays terminating (as on a host w
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,6 +16,7 @@ import pytest
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
+from testkit.commands import run_local_play, worldland_env
 from testkit.factories import registration
 from testkit.fleet import put_in
 from testkit.realkube import RealControlPlane
@@ -30,8 +27,6 @@ from worldland.kube import KubeClient
 from worldland.state.connection import connect
 from worldland.state.fleet import Fleet
 from worldland.state.keys import Keys
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -208,24 +203,11 @@ PLAYBOOK = """
 
 
 def play(tmp_path: Path, redis_url: str, keys: Keys, kubeconfig: Path, pid: str, force: bool = False):
-    (tmp_path / "play.yml").write_text(PLAYBOOK)
-    out = tmp_path / "result.json"
-    out.unlink(missing_ok=True)
-    env = {
-        **os.environ,
-        "WORLDLAND_REDIS_URL": redis_url,
-        "WORLDLAND_KEY_PREFIX": keys.prefix,
-        "WORLDLAND_KUBECONFIG": str(kubeconfig),
-        "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
-    }
-    extra = json.dumps({"pid": pid, "out": str(out), "reason": "returned to its owner", "force": force})
-    run = subprocess.run(
-        [str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,", "-c", "local",
-         str(tmp_path / "play.yml"), "-e", extra],
-        capture_output=True, text=True, timeout=300, cwd=REPO, env=env, check=False,
-    )  # fmt: skip
+    env = worldland_env(redis_url=redis_url, key_prefix=keys.prefix, kubeconfig=kubeconfig)
+    extra = {"pid": pid, "reason": "returned to its owner", "force": force}
+    run, result = run_local_play(tmp_path, PLAYBOOK, extra, env)
     assert run.returncode == 0, run.stdout + run.stderr
-    return json.loads(out.read_text())
+    return result
 
 
 def test_the_action_offboards_a_provider_and_a_second_run_changes_nothing(

@@ -5,22 +5,20 @@ scraping a real listener fires the providers-offline alert when a provider goes 
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 import yaml
 
 from testkit import prometheus
 from testkit.fleet import put_in
+from testkit.listener import ListenerProcess
 from testkit.redis_server import free_port
 from worldland.domain.lifecycle import Status
+from worldland.protocol.streams import StreamNames
 from worldland.state.fleet import Fleet
 
-WORLDLAND = Path(sys.executable).parent / "worldland"
 OFFLINE_ALERT = "WorldlandProvidersOffline"
 OFFLINE_ALERT_WITHIN_S = 20  # what the demo needs of the rules as they are
 
@@ -106,35 +104,15 @@ def test_every_recording_rule_is_checked_and_the_listener_job_is_the_one_the_rul
 def listener_metrics(redis_url, keys, tmp_path):
     """``worldland listen`` as a process, metrics on a free loopback port; its ``host:port``."""
     port = free_port()
-    log = (tmp_path / "listener.log").open("w")
-    process = subprocess.Popen(
-        [
-            str(WORLDLAND),
-            "--redis-url",
-            redis_url,
-            "--key-prefix",
-            keys.prefix,
-            "listen",
-            "--stream-namespace",
-            f"prom{uuid.uuid4().hex[:6]}:",
-            "--block-ms",
-            "100",
-            "--metrics-port",
-            str(port),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    names = StreamNames(namespace=f"prom{uuid.uuid4().hex[:6]}:")
+    listener = ListenerProcess(redis_url, keys, names, tmp_path, "--metrics-port", str(port)).start()
     try:
         yield f"127.0.0.1:{port}"
     finally:
-        process.terminate()
         try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+            listener.stop(timeout=15)
+        finally:
+            listener.kill()  # (when it did not stop in time)
 
 
 @pytest.mark.timeout(90)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
@@ -25,6 +27,15 @@ from worldland.protocol.streams import AGENT_RESPONSE_GROUPS, DEFAULT_GROUP
 from worldland.state.connection import (
     redacted,
 )
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def seconds_option(flag: str, default: float, help_text: str, minimum: float = 0.1) -> Callable[[F], F]:
+    """An option of seconds (a float of at least ``minimum``), its default shown."""
+    return click.option(
+        flag, type=click.FloatRange(minimum), default=default, show_default=True, help=help_text
+    )
 
 
 @click.command()
@@ -67,19 +78,9 @@ from worldland.state.connection import (
     show_default=True,
     help="Claim entries another consumer left pending this long.",
 )
-@click.option(
-    "--claim-interval",
-    type=click.FloatRange(0.1),
-    default=30.0,
-    show_default=True,
-    help="Seconds between looks for such entries.",
-)
-@click.option(
-    "--reconcile-interval",
-    type=click.FloatRange(0.1),
-    default=10.0,
-    show_default=True,
-    help="Seconds between reconcile passes (tokens retried, Joined/Available).",
+@seconds_option("--claim-interval", 30.0, "Seconds between looks for such entries.")
+@seconds_option(
+    "--reconcile-interval", 10.0, "Seconds between reconcile passes (tokens retried, Joined/Available)."
 )
 @click.option(
     "--metrics-port",
@@ -130,26 +131,19 @@ from worldland.state.connection import (
     help="With --onboard: the playbook each run runs (a file, or a collection playbook name).",
 )
 @click.option("--onboard-forks", type=click.IntRange(1, 1000), help="Hosts in parallel [default: Ansible's].")
-@click.option(
+@seconds_option(
     "--onboard-check-interval",
-    type=click.FloatRange(0.1),
-    default=10.0,
-    show_default=True,
-    help="Seconds between looks for providers an operator approved (policy approvals: at once).",
+    10.0,
+    "Seconds between looks for providers an operator approved (policy approvals: at once).",
 )
-@click.option(
+@seconds_option(
     "--onboard-retry-delay",
-    type=click.FloatRange(0.01),
-    default=5.0,
-    show_default=True,
-    help="Seconds before the first retry of a failed run; doubles per retry.",
+    5.0,
+    "Seconds before the first retry of a failed run; doubles per retry.",
+    minimum=0.01,
 )
-@click.option(
-    "--onboard-retry-max-delay",
-    type=click.FloatRange(0.01),
-    default=300.0,
-    show_default=True,
-    help="The longest wait between retries, seconds.",
+@seconds_option(
+    "--onboard-retry-max-delay", 300.0, "The longest wait between retries, seconds.", minimum=0.01
 )
 @click.option(
     "--onboard-retries",
