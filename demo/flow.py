@@ -594,13 +594,13 @@ class Demo:
             r.step(f"$ systemctl stop {AGENT_UNIT}   (on {host.name}: its agent stops beating)")
             host.ssh(f"systemctl stop {AGENT_UNIT}")
             stopped = time.monotonic()
-
-            def offline() -> Any:
-                audit.tick()
-                r.activity(f"{host.name} silent for {time.monotonic() - stopped:.0f} s")
-                return self.record(host).status.value == "offline" and self.node_if(host, offline=True)
-
-            node = wait_until(offline, s.stale_after + 4 * s.audit_every + 30, f"{host.name} to go Offline")
+            node = self.audit_until(
+                audit,
+                host,
+                "offline",
+                s.stale_after + 4 * s.audit_every + 30,
+                f"{host.name} silent for {{:.0f}} s",
+            )
             silent = time.monotonic() - stopped
             r.step(f"{host.name}: {before} -> offline, {silent:.0f} s after its agent stopped")
             r.step(f"node {node.metadata.name}: {self.node_line(node)}  (read from the Kubernetes API)")
@@ -617,13 +617,7 @@ class Demo:
             r.step(f"$ systemctl start {AGENT_UNIT}   (on {host.name})")
             host.ssh(f"systemctl start {AGENT_UNIT}")
             started = time.monotonic()
-
-            def recovered() -> Any:
-                audit.tick()
-                r.activity(f"{host.name}'s agent started {time.monotonic() - started:.0f} s ago")
-                return self.record(host).status.value == before and self.node_if(host, offline=False)
-
-            node = wait_until(recovered, 60, f"{host.name} to recover")
+            node = self.audit_until(audit, host, before, 60, f"{host.name}'s agent started {{:.0f}} s ago")
             r.step(
                 f"{host.name}: offline -> {before}, {time.monotonic() - started:.0f} s after it started again"
             )
@@ -652,6 +646,20 @@ class Demo:
             )
             with watch:
                 yield
+
+    def audit_until(self, audit: AuditSchedule, host: Any, status: str, timeout: float, activity: str) -> Any:
+        """Run the audit on its schedule until the host's provider is ``status`` and its node marked as
+        such (offline or not); the node. ``activity`` formats the seconds waited."""
+        since = time.monotonic()
+
+        def reached() -> Any:
+            audit.tick()
+            self.report.activity(activity.format(time.monotonic() - since))
+            return self.record(host).status.value == status and self.node_if(
+                host, offline=status == "offline"
+            )
+
+        return wait_until(reached, timeout, f"{host.name} to be {status}")
 
     def node_if(self, host: Any, *, offline: bool) -> Any:
         """The host's node when its label and taint say offline (or, ``offline=False``, that it is not)."""
