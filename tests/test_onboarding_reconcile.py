@@ -77,3 +77,23 @@ def test_the_playbooks_advance_tolerates_the_listener_getting_there_first(fleet,
     assert result.after is Status.AVAILABLE and fleet.store.require(pid).status is Status.AVAILABLE
     labels = kube_api.server.get_object("nodes", node)["metadata"]["labels"]
     assert labels["worldland.io/rental-status"] == "available"
+
+
+def test_with_the_api_down_a_pass_tries_one_token_not_one_per_waiting_provider(onboarding, kube_api):
+    """Kubernetes answers 503: the first failing token call ends the pass's token retries (each would wait
+    its timeout); the providers not tried keep their error and get their tokens once the API is back."""
+    fleet = onboarding.fleet
+    ids = [f"rig-{n}" for n in range(5)]
+    for pid in ids:
+        fleet.register(registration(pid))
+        fleet.store.transition(pid, Status.APPROVED)
+        fleet.store.set_error(pid, "token: an earlier failure")
+    with kube_api.server.outage(503):
+        report = onboarding.reconcile()
+    assert sorted(report.tokens_failed) == ids and report.tokens_deferred == 4 and report.tokens_issued == 0
+    errors = {pid: fleet.store.require(pid).last_error for pid in ids}
+    tried = [pid for pid, error in errors.items() if error != "token: an earlier failure"]
+    assert len(tried) == 1 and "KubeUnavailable" in errors[tried[0]], errors
+    report = onboarding.reconcile()
+    assert report.tokens_issued == 5 and report.tokens_failed == [] and report.tokens_deferred == 0
+    assert all(fleet.store.require(pid).last_error == "" for pid in ids)

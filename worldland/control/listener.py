@@ -347,6 +347,7 @@ class Listener:
                 extra={
                     "errors": report.errors,
                     "tokens_not_issued": len(report.tokens_failed),
+                    "tokens_not_tried": report.tokens_deferred,  # (the API was unreachable)
                     "providers": report.tokens_failed[:LOGGED_IDS_MAX],
                     "token_error": token_error,
                 },

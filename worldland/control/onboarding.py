@@ -106,7 +106,20 @@ class Rejected(Exception):
 
 
 class JoinUnavailable(Exception):
-    """No join for this provider now (not Approved, or the cluster failed); the reason is recorded."""
+    """No join for this provider now (not Approved, or the cluster failed); the reason is recorded.
+    ``cluster_unreachable``: the API could not be reached or answered 5xx/429 (no provider of its own)."""
+
+    def __init__(self, reason: str, *, cluster_unreachable: bool = False) -> None:
+        super().__init__(reason)
+        self.cluster_unreachable = cluster_unreachable
+
+
+def is_unreachable(err: BaseException) -> bool:
+    """Whether a cluster call failed for want of the API (down, timed out, overloaded), not for the
+    provider it was about."""
+    from worldland.kube.session import KubeUnavailable  # (loaded by then: a cluster raised)
+
+    return isinstance(err, (KubeUnavailable, ConnectionError, TimeoutError))
 
 
 class ForeignRegistration(Rejected):
@@ -130,6 +143,7 @@ class RegistrationOutcome:
 class ReconcileReport:
     tokens_issued: int = 0
     tokens_failed: list[str] = field(default_factory=list)  # Approved, still without a token (error recorded)
+    tokens_deferred: int = 0  # of those, not tried: the API was unreachable earlier in the pass
     joined: list[str] = field(default_factory=list)
     available: list[str] = field(default_factory=list)
     synced: list[str] = field(default_factory=list)  # providers whose node was written
@@ -434,7 +448,7 @@ class Onboarding:
             self.store.set_error(provider_id, error)
             if log_failure:  # (a reconcile pass reports its failures in one line instead)
                 log.warning("join token not issued", extra={"provider_id": provider_id, "error": error})
-            raise JoinUnavailable(error) from None
+            raise JoinUnavailable(error, cluster_unreachable=is_unreachable(err)) from None
         if record.last_error:
             self.store.set_error(provider_id, "")
         return values
@@ -447,9 +461,14 @@ class Onboarding:
         Idempotent: while the recorded token is valid the same one is sent again.
         """
         try:
-            values = self.join_values(provider_id, log_failure=log_failure)
+            self._send_join_token(provider_id, message, log_failure)
         except JoinUnavailable:
             return False
+        return True
+
+    def _send_join_token(self, provider_id: str, message: str, log_failure: bool) -> None:
+        """``send_join_token``, raising ``JoinUnavailable`` (error recorded) on failure."""
+        values = self.join_values(provider_id, log_failure=log_failure)
         record = self.store.require(provider_id)
         self.answer(
             provider_id,
@@ -467,7 +486,6 @@ class Onboarding:
             ),
         )
         log.info("join token sent", extra={"provider_id": provider_id, "token_id": record.token_id})
-        return True
 
     def reject(self, provider_id: str, reason: str) -> None:
         """An operator rejects a pending provider or revokes an approved one: its join token is
@@ -563,20 +581,32 @@ class Onboarding:
 
         A token is retried where issuing it failed (``last_error``), or where none was recorded
         ``TOKEN_RETRY_AFTER_S`` after the approval (its listener died in between): sooner, another
-        listener of the group may still be issuing it, and the provider would be answered twice."""
+        listener of the group may still be issuing it, and the provider would be answered twice.
+
+        Once the API proves unreachable the pass tries no more tokens (one failing call per pass, not
+        one per waiting provider, each with its timeout); the others wait for the next pass."""
         report = ReconcileReport()
         if self.cluster is None:
             return report
         report.errors += self.delete_revoked_tokens()
         now = self.clock()
+        unreachable = False
         for record in self.store.list([Status.APPROVED]):
             needs_token = record.last_error or (
                 not record.token_id and now - (record.approved_at or 0) >= TOKEN_RETRY_AFTER_S
             )
-            if needs_token and self.send_join_token(record.provider_id, log_failure=False):
-                report.tokens_issued += 1
-            elif needs_token:
+            if not needs_token:
+                continue
+            if unreachable:
                 report.tokens_failed.append(record.provider_id)
+                report.tokens_deferred += 1
+                continue
+            try:
+                self._send_join_token(record.provider_id, "registration approved", log_failure=False)
+                report.tokens_issued += 1
+            except JoinUnavailable as err:
+                report.tokens_failed.append(record.provider_id)
+                unreachable = err.cluster_unreachable
         return self.advance_nodes(report)
 
     def advance_nodes(
