@@ -23,6 +23,7 @@ import yaml
 
 from worldland.cli.main import main as worldland_cli
 from worldland.domain.device_plugin import DEVICE_PLUGIN_NAME, DEVICE_PLUGIN_NAMESPACE
+from worldland.domain.join import IN_CLUSTER
 from worldland.domain.policy import ApprovalPolicy
 from worldland.kube.session import KUBECONFIG_ENV
 from worldland.kube.tokens import TOKEN_NAMESPACE
@@ -33,7 +34,6 @@ SYSTEMD = REPO / "deploy" / "systemd"
 KUBERNETES = REPO / "deploy" / "kubernetes"
 WORLDLAND = Path(sys.executable).parent / "worldland"
 SERVICES = ("worldland-listener.service", "worldland-audit.service")
-SA_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 
 # -- systemd -----------------------------------------------------------------------------------------------
@@ -271,10 +271,10 @@ def test_the_workloads_run_unprivileged_with_a_read_only_root(where, container) 
     assert context["runAsNonRoot"] is True and context["readOnlyRootFilesystem"] is True
     assert context["allowPrivilegeEscalation"] is False and context["capabilities"] == {"drop": ["ALL"]}
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
-    assert mounts["/etc/worldland"]["readOnly"] is True and "/tmp" in mounts
+    assert "/tmp" in mounts and all(m.get("readOnly") for path, m in mounts.items() if path != "/tmp")
     env = {e["name"]: e for e in container["env"]}
     assert env[REDIS_URL_ENV]["valueFrom"]["secretKeyRef"] == {"name": "worldland-redis", "key": "url"}
-    assert env[KUBECONFIG_ENV]["value"] == "/etc/worldland/kubeconfig"
+    assert env[KUBECONFIG_ENV]["value"] == IN_CLUSTER  # the token is followed as the kubelet rotates it
 
 
 def test_the_pods_use_their_own_accounts_and_the_restricted_profile() -> None:
@@ -296,13 +296,10 @@ def test_the_pods_use_their_own_accounts_and_the_restricted_profile() -> None:
     )
 
 
-def test_the_configmap_holds_a_valid_policy_and_the_pods_own_kubeconfig() -> None:
+def test_the_configmap_holds_a_valid_policy() -> None:
     data = kube_objects()[("ConfigMap", "worldland-config")]["data"]
     policy = ApprovalPolicy.from_yaml(data["policy.yml"], source="deploy/kubernetes/config.yaml")
-    assert policy.mode.value == "manual"
-    kubeconfig = yaml.safe_load(data["kubeconfig"])
-    assert kubeconfig["users"][0]["user"] == {"tokenFile": f"{SA_MOUNT}/token"}
-    assert kubeconfig["clusters"][0]["cluster"]["certificate-authority"] == f"{SA_MOUNT}/ca.crt"
+    assert policy.mode.value == "manual" and "kubeconfig" not in data  # the pods use in-cluster
 
 
 # -- RBAC: exactly the calls the code makes -------------------------------------------------------------

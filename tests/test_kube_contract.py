@@ -38,6 +38,7 @@ from kubernetes.client.exceptions import ApiException
 from testkit.kube_server import KubeApiServer
 from testkit.realkube_fixtures import TEST_SERVER, record_kube_target
 from worldland import kube
+from worldland.domain.join import IN_CLUSTER
 from worldland.domain.names import is_label_value, node_labels
 from worldland.kube import (
     GPU_RESOURCE,
@@ -704,3 +705,30 @@ def test_error_scrubbing_catches_any_token_secret_shape(secret: str) -> None:
         client._redact("nodes wl-contract-0123456789ab not found")
         == "nodes wl-contract-0123456789ab not found"
     )
+
+
+def _replace(path: Path, text: str) -> None:
+    """As the kubelet rotates a projected token: a new file swapped in (a new inode)."""
+    fresh = path.with_name(path.name + ".new")
+    fresh.write_text(text)
+    fresh.replace(path)
+
+
+def test_in_cluster_reads_the_service_account_and_follows_its_rotated_token(
+    kube_server: KubeApiServer, tmp_path: Path
+) -> None:
+    account = tmp_path / "serviceaccount"
+    account.mkdir()
+    (account / "ca.crt").write_bytes(kube_server.ca_pem)
+    (account / "token").write_text(kube_server.token + "\n")
+    environ = {"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": str(kube_server.port)}
+    with KubeClient.open(IN_CLUSTER, account_dir=account, environ=environ) as client:
+        assert client.node_state("x").exists is False
+        _replace(account / "token", "not-the-token-any-more")
+        with pytest.raises(KubeError) as err:
+            client.node_state("x")
+        assert err.value.status == 401 and "not-the-token-any-more" not in str(err.value)
+        _replace(account / "token", kube_server.token)
+        assert client.node_state("x").exists is False
+    with pytest.raises(KubeError, match="not running in a cluster"):
+        KubeClient.open(IN_CLUSTER, account_dir=account, environ={})

@@ -25,9 +25,9 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
-import yaml
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
@@ -40,6 +40,7 @@ from testkit.realkube import RealControlPlane
 from testkit.realkube_fixtures import record_kube_target
 from worldland.control.onboarding import Onboarding
 from worldland.domain.device_plugin import DEVICE_PLUGIN_NAME, DEVICE_PLUGIN_NAMESPACE, device_plugin_manifest
+from worldland.domain.join import IN_CLUSTER
 from worldland.domain.lifecycle import Status
 from worldland.domain.names import (
     LABEL_PROVIDER_ID,
@@ -370,23 +371,35 @@ def test_the_audit_account_cannot_issue_a_join_token(accounts) -> None:
 # -- the in-cluster objects ------------------------------------------------------------------------------
 
 
-def test_the_pod_kubeconfig_of_the_configmap_works_with_mounted_files(tmp_path, real_kube, accounts) -> None:
-    """The ConfigMap's kubeconfig names the token and CA files a pod has mounted; here the same files hold
-    a TokenRequest token and the cluster CA, and only the server differs."""
-    config = next(o for o in realkube_rbac.manifests() if o["kind"] == "ConfigMap")
-    doc = yaml.safe_load(config["data"]["kubeconfig"])
-    cluster, user = doc["clusters"][0]["cluster"], doc["users"][0]["user"]
-    assert set(user) == {"tokenFile"} and cluster["server"] == "https://kubernetes.default.svc"
-    token_file, ca_file = tmp_path / "token", tmp_path / "ca.crt"
-    token_file.write_text(realkube_rbac.service_account_token(real_kube, realkube_rbac.CONTROLLER_ACCOUNT))
-    ca_file.write_bytes(real_kube.ca_pem)
-    user["tokenFile"], cluster["certificate-authority"] = str(token_file), str(ca_file)
-    cluster["server"] = real_kube.server_url
-    (tmp_path / "kubeconfig").write_text(yaml.safe_dump(doc))
-    with KubeClient.from_kubeconfig(tmp_path / "kubeconfig") as client:
+def test_the_pods_in_cluster_account_works_and_follows_a_rotated_token(tmp_path, real_kube, accounts) -> None:
+    """The Deployment says ``WORLDLAND_KUBECONFIG=in-cluster``: the pod's mounted token and CA, the API at
+    ``KUBERNETES_SERVICE_HOST``/``_PORT``. Here the files hold a TokenRequest token of the listener's
+    account and the cluster CA; the token file swapped for another (as the kubelet rotates it) is read
+    again before the next request."""
+    deployment = next(o for o in realkube_rbac.manifests() if o["kind"] == "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert {"name": "WORLDLAND_KUBECONFIG", "value": IN_CLUSTER} in container["env"]
+    account = tmp_path / "serviceaccount"
+    account.mkdir()
+    (account / "ca.crt").write_bytes(real_kube.ca_pem)
+
+    def mount_token(text: str) -> None:
+        fresh = account / "token.new"
+        fresh.write_text(text)
+        fresh.replace(account / "token")
+
+    mount_token(realkube_rbac.service_account_token(real_kube, realkube_rbac.CONTROLLER_ACCOUNT))
+    server = urlsplit(real_kube.server_url)
+    environ = {"KUBERNETES_SERVICE_HOST": str(server.hostname), "KUBERNETES_SERVICE_PORT": str(server.port)}
+    with KubeClient.open(IN_CLUSTER, account_dir=account, environ=environ) as client:
         assert client.ca_cert_hash() == real_kube.ca_cert_hash  # the mounted CA is the one kubeadm pins
         token = client.create_bootstrap_token(provider_id="p-pod", ttl_seconds=900)
         assert client.bootstrap_token_secret(token.token_id) == token.secret
+        mount_token("expired-or-revoked")
+        with pytest.raises(KubeError) as refused:
+            client.bootstrap_token_secret(token.token_id)
+        assert refused.value.status == 401
+        mount_token(realkube_rbac.service_account_token(real_kube, realkube_rbac.CONTROLLER_ACCOUNT))
         assert client.delete_bootstrap_token(token.token_id)
 
 

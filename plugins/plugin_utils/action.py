@@ -53,7 +53,8 @@ def redis_settings(args: Mapping[str, Any]) -> tuple[str, str]:
 
 
 def kubeconfig_setting(args: Mapping[str, Any], who: str) -> str:
-    """The task's ``kubeconfig``, else ``WORLDLAND_KUBECONFIG``; without either the task fails."""
+    """The task's ``kubeconfig``, else ``WORLDLAND_KUBECONFIG`` (a file, or ``in-cluster``: the pod's
+    service account); without either the task fails."""
     kubeconfig: str | None = args.get("kubeconfig") or os.environ.get("WORLDLAND_KUBECONFIG")
     if not kubeconfig:
         raise AnsibleActionFail(f"{who}: kubeconfig (or WORLDLAND_KUBECONFIG) is required")
@@ -119,6 +120,6 @@ class ControllerAction(ActionBase):  # type: ignore[misc]  # ansible-core is unt
         from worldland.kube import KubeClient, KubeError
 
         try:
-            return KubeClient.from_kubeconfig(kubeconfig)
+            return KubeClient.open(kubeconfig)
         except (KubeError, ValueError) as exc:
             raise AnsibleActionFail(f"{self.NAME}: Kubernetes: {exc}") from None

@@ -42,7 +42,7 @@ def open_onboarding(
     cluster = None
     if kubeconfig is not None:
         try:
-            cluster = KubeClient.from_kubeconfig(kubeconfig, join_endpoint=join_endpoint)
+            cluster = KubeClient.open(kubeconfig, join_endpoint=join_endpoint)
         except (KubeError, ValueError) as exc:
             raise error(f"{who}: Kubernetes: {exc}") from None
     try:

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.text import Text
 
 from worldland.control.onboarding import Onboarding
-from worldland.domain.join import DEFAULT_TOKEN_TTL_S
+from worldland.domain.join import DEFAULT_TOKEN_TTL_S, IN_CLUSTER
 from worldland.domain.lifecycle import Status, TransitionError
 from worldland.domain.policy import ApprovalPolicy, PolicyError
 from worldland.protocol.streams import AGENT_RESPONSE_GROUPS, StreamNames
@@ -150,7 +150,7 @@ class Context:
         if kubeconfig:
             from worldland.kube import KubeClient
 
-            cluster = KubeClient.from_kubeconfig(kubeconfig, join_endpoint=join_endpoint)
+            cluster = KubeClient.open(kubeconfig, join_endpoint=join_endpoint)
         return Onboarding(
             fleet=self.fleet,
             streams=StreamNames(stream_namespace),
@@ -161,11 +161,24 @@ class Context:
         )
 
 
+class KubeconfigParam(click.Path):
+    """A kubeconfig file that exists, or ``in-cluster``: the pod's own service account."""
+
+    def __init__(self) -> None:
+        super().__init__(exists=True, dir_okay=False)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if value == IN_CLUSTER:
+            return value
+        return super().convert(value, param, ctx)
+
+
 KUBECONFIG_OPTION = click.option(
     "--kubeconfig",
     envvar="WORLDLAND_KUBECONFIG",
-    type=click.Path(exists=True, dir_okay=False),
-    help="Kubeconfig for the cluster providers join (env WORLDLAND_KUBECONFIG).",
+    type=KubeconfigParam(),
+    help=f"Kubeconfig for the cluster providers join, or {IN_CLUSTER} for the pod's service account (its "
+    "token read again when the kubelet rotates it) (env WORLDLAND_KUBECONFIG).",
 )
 STREAM_NAMESPACE_OPTION = click.option(
     "--stream-namespace", default="", hidden=True, help="Prefix of the stream names (tests only)."

@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass, field
 
 # Bootstrap tokens live 15 to 60 minutes (not kubeadm's 24 h), 30 by default.
+# The kubeconfig setting (--kubeconfig, WORLDLAND_KUBECONFIG) that means the pod's own service account.
+IN_CLUSTER = "in-cluster"
 DEFAULT_TOKEN_TTL_S = 30 * 60
 MIN_TOKEN_TTL_S, MAX_TOKEN_TTL_S = 15 * 60, 60 * 60
 TOKEN_REUSE_MARGIN_S = 5 * 60  # a token closer than this to expiry is replaced, not sent again

@@ -28,7 +28,7 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Self
 
@@ -38,6 +38,8 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
+
+from worldland.domain.join import IN_CLUSTER
 
 __all__ = [
     "CONFLICT_RETRIES",
@@ -56,6 +58,7 @@ __all__ = [
 # -- constants -------------------------------------------------------------------------------------------
 
 KUBECONFIG_ENV = "WORLDLAND_KUBECONFIG"
+SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 DEFAULT_TIMEOUT = (5.0, 30.0)  # (connect, read) seconds per request
 CONFLICT_RETRIES = 5
@@ -92,6 +95,31 @@ class KubeConflict(KubeError):
 
 
 # -- the session -------------------------------------------------------------------------------------------
+
+
+class TokenFile:
+    """A service account token file, read again when it changes (its inode, size or modification time:
+    the kubelet replaces it through a symlink swap). ``refresh`` is the client's ``refresh_api_key_hook``,
+    called before each request: one ``stat``. A file that cannot be read keeps the token last read."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._seen: tuple[int, int, int] | None = None
+        self._lock = threading.Lock()
+
+    def refresh(self, configuration: k8s.Configuration) -> None:
+        try:
+            st = self.path.stat()
+            seen = (st.st_ino, st.st_size, st.st_mtime_ns)
+            with self._lock:
+                if seen == self._seen:
+                    return
+                token = self.path.read_text(encoding="utf-8").strip()
+                if token:
+                    configuration.api_key["BearerToken"] = f"bearer {token}"
+                    self._seen = seen
+        except OSError:
+            return
 
 
 class KubeSession:
@@ -132,13 +160,37 @@ class KubeSession:
         return cls(api_client, **kwargs)
 
     @classmethod
-    def in_cluster(cls, **kwargs: Any) -> Self:
+    def in_cluster(
+        cls,
+        *,
+        account_dir: Path = SERVICE_ACCOUNT_DIR,
+        environ: Mapping[str, str] = os.environ,
+        **kwargs: Any,
+    ) -> Self:
+        """The pod's service account: ``account_dir``'s ``token`` and ``ca.crt``, the API at
+        ``KUBERNETES_SERVICE_HOST``/``_PORT``. The token file is read again whenever it changes: the
+        kubelet rotates it (a projected token lasts an hour), and a long-running listener must follow."""
         configuration = k8s.Configuration()
+        token_file = account_dir / "token"
+        loader = k8s_config.incluster_config.InClusterConfigLoader(  # type: ignore[no-untyped-call]  # kubernetes' config loader is unannotated
+            token_filename=str(token_file),
+            cert_filename=str(account_dir / "ca.crt"),
+            try_refresh_token=False,
+            environ=environ,
+        )
         try:
-            k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]  # kubernetes' config loader is unannotated
-        except ConfigException as exc:
+            loader.load_and_set(configuration)  # type: ignore[no-untyped-call]  # unannotated, as above
+        except (ConfigException, OSError) as exc:
             raise KubeError(f"not running in a cluster: {exc}") from None
+        configuration.refresh_api_key_hook = TokenFile(token_file).refresh  # type: ignore[assignment]  # the client initialises its hook to None, unannotated
         return cls(k8s.ApiClient(configuration), **kwargs)
+
+    @classmethod
+    def open(cls, kubeconfig: str | os.PathLike[str], **kwargs: Any) -> Self:
+        """A kubeconfig file, or ``IN_CLUSTER``: the pod's service account."""
+        if str(kubeconfig) == IN_CLUSTER:
+            return cls.in_cluster(**kwargs)
+        return cls.from_kubeconfig(kubeconfig, **kwargs)
 
     @classmethod
     def connect(cls, kubeconfig: str | os.PathLike[str] | None = None, **kwargs: Any) -> Self:
