@@ -187,6 +187,11 @@ class Demo:
                 f"provider host {host.name} at {host.address}: GPUs {host.gpus}; its own sshd, /etc, "
                 "/usr, /var"
             )
+        if env.lab.inotify_limit is not None:
+            r.step(
+                f"fs.inotify.max_user_instances raised to {env.lab.inotify_limit} for {self.settings.hosts} "
+                "kubelets on one machine (one per host: they share root's limit); put back at the end"
+            )
         self.metrics_port = free_port()
         self.start_prometheus()
 

@@ -97,3 +97,23 @@ def test_with_the_api_down_a_pass_tries_one_token_not_one_per_waiting_provider(o
     report = onboarding.reconcile()
     assert report.tokens_issued == 5 and report.tokens_failed == [] and report.tokens_deferred == 0
     assert all(fleet.store.require(pid).last_error == "" for pid in ids)
+
+
+def test_an_onboarding_error_is_left_alone_and_no_token_is_sent_again(onboarding, client, names):
+    """Found by a 20-host demo: the reconcile took any ``last_error`` for a failed token, sent the provider
+    its token again (a second answer) and cleared the error onboard.yml's rescue had just recorded, so
+    the failed host showed no error. Only a token's own failure is retried now."""
+    fleet = onboarding.fleet
+    fleet.register(registration("rig-join"))
+    assert onboarding.approve("rig-join")
+    agent = Agent(client, names)
+    assert agent.await_answer("rig-join")["status"] == "approved"
+    error = "Join the cluster: kubeadm join failed (exit 1): error execution phase kubelet-start"
+    fleet.store.set_error("rig-join", error)
+    onboarding.clock.now += 3 * TOKEN_RETRY_AFTER_S
+    assert onboarding.reconcile().tokens_issued == 0
+    assert fleet.store.require("rig-join").last_error == error
+    assert len(client.xrange(names.response("rig-join"))) == 1
+    # the join values the next run reads keep it too, until that run records its own outcome
+    onboarding.join_values("rig-join")
+    assert fleet.store.require("rig-join").last_error == error

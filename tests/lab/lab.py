@@ -518,6 +518,42 @@ def teardown_slot(slot: int, entry: dict[str, Any] | None) -> None:
     with contextlib.suppress(OSError):
         (REGISTRY / f"freed-{slot}").touch()
         _entry_path(slot).unlink()
+    with contextlib.suppress(OSError, ValueError):
+        fit_inotify_limit()
+
+
+# Every kube host runs a real kubelet and containerd as root, and inotify instances are limited per user
+# (fs.inotify.max_user_instances, 128 by default): a kubelet takes about 9 (cAdvisor, its certificate and
+# config watchers), so the 15th kubelet of a 20-host lab failed to start ("inotify_init: too many open
+# files"). While kube labs run the limit is at least what the machine had plus INOTIFY_PER_KUBE_HOST per
+# registered kube host; the machine's own value is saved in the registry and put back when none is left.
+INOTIFY_LIMIT = Path("/proc/sys/fs/inotify/max_user_instances")
+INOTIFY_SAVED = "inotify-max-user-instances"
+INOTIFY_MACHINE_SHARE = 128  # left to the rest of the machine (the kernel's default limit)
+INOTIFY_PER_KUBE_HOST = 16
+
+
+def fit_inotify_limit() -> int | None:
+    """Raise the inotify instance limit for the kube hosts registered, or put the machine's value back when
+    there are none. Runs under the registry lock. Returns the limit written, None when nothing changed."""
+    saved_path = REGISTRY / INOTIFY_SAVED
+    entries = [_read_entry(int(p.stem.split("-")[1])) for p in REGISTRY.glob("slot-*.json")]
+    kube_hosts = sum(int(e.get("kube_hosts", 0)) for e in entries if e)
+    current = int(INOTIFY_LIMIT.read_text())
+    if kube_hosts == 0:
+        if not saved_path.exists():
+            return None
+        original = int(saved_path.read_text())
+        INOTIFY_LIMIT.write_text(f"{original}\n")
+        saved_path.unlink()
+        return original
+    needed = INOTIFY_MACHINE_SHARE + INOTIFY_PER_KUBE_HOST * kube_hosts
+    if current >= needed:
+        return None
+    if not saved_path.exists():
+        saved_path.write_text(f"{current}\n")
+    INOTIFY_LIMIT.write_text(f"{needed}\n")
+    return needed
 
 
 def _remove_mount_points(slot: int, created: list[str]) -> None:
@@ -798,6 +834,7 @@ class Lab:
         self.hosts: list[LabHost] = []
         self.attached: dict[str, Any] = {}
         self.timings: dict[str, float] = {}
+        self.inotify_limit: int | None = None  # fs.inotify.max_user_instances, when this lab raised it
         self._procs: dict[int, subprocess.Popen] = {}
         self._entry: dict[str, Any] = {}
         self._running = False
@@ -1014,6 +1051,13 @@ class Lab:
             for i in range(first, first + count)
         ]
         self.check_routes([h.address for h in new])
+        if self.kube:
+            with registry_lock():
+                self._entry["kube_hosts"] = len(self.hosts) + count
+                _write_entry(self._entry)
+                limit = fit_inotify_limit()
+            if limit is not None:
+                self.inotify_limit = limit
         keygens = []
         for host in new:
             host.dir.mkdir(parents=True)
@@ -1483,6 +1527,11 @@ class Lab:
             lines.append(
                 "  mode       kube: real packages, containerd and kubelet (cgroup root /<netns> per host)"
             )
+            if self.inotify_limit is not None:
+                lines.append(
+                    f"  inotify    fs.inotify.max_user_instances raised to {self.inotify_limit} for the "
+                    "kubelets (the machine's value is put back when no kube lab is left)"
+                )
         up = self.is_up()
         for h in self.hosts:
             lines.append(

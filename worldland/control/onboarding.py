@@ -71,6 +71,9 @@ MAX_READABLE_ID_PROBE = 65536
 # The reconcile issues a missing token this long after the approval at the earliest (far longer than a
 # handler takes to issue one, so it never races the listener that approved the provider).
 TOKEN_RETRY_AFTER_S = 60.0
+# How a failure to issue a join token begins in ``last_error``: the reconcile retries those only (an
+# onboarding run's error, recorded by its playbook, stays until the next run or the node appears).
+TOKEN_ERROR_PREFIX = "token: "
 
 
 class Cluster(NodeWriter, Protocol):
@@ -180,6 +183,11 @@ def readable_identity(raw: str | bytes | None) -> tuple[str | None, str | None]:
         pid if isinstance(pid, str) and PROVIDER_ID_RE.match(pid) else None,
         wallet if isinstance(wallet, str) else None,
     )
+
+
+def is_token_error(last_error: str) -> bool:
+    """Whether a provider's ``last_error`` is a failure to issue its join token."""
+    return last_error.startswith(TOKEN_ERROR_PREFIX)
 
 
 def error_line(message: str) -> str:
@@ -418,7 +426,7 @@ class Onboarding:
         if record.status is not Status.APPROVED:
             raise JoinUnavailable(f"provider {provider_id!r} is {record.status}, not approved")
         if self.cluster is None:
-            error = "token: no Kubernetes access configured (--kubeconfig)"
+            error = f"{TOKEN_ERROR_PREFIX}no Kubernetes access configured (--kubeconfig)"
             self.store.set_error(provider_id, error)
             raise JoinUnavailable(error)
         now = self.clock()
@@ -444,12 +452,12 @@ class Onboarding:
                 host, port, f"{record.token_id}.{secret}", self.cluster.ca_cert_hash(), record.node_name
             )
         except Exception as err:  # any cluster failure: stays Approved, retried
-            error = f"token: {type(err).__name__}: {err}"
+            error = f"{TOKEN_ERROR_PREFIX}{type(err).__name__}: {err}"
             self.store.set_error(provider_id, error)
             if log_failure:  # (a reconcile pass reports its failures in one line instead)
                 log.warning("join token not issued", extra={"provider_id": provider_id, "error": error})
             raise JoinUnavailable(error, cluster_unreachable=is_unreachable(err)) from None
-        if record.last_error:
+        if is_token_error(record.last_error):  # (an onboarding run's error is not this one's to clear)
             self.store.set_error(provider_id, "")
         return values
 
@@ -579,7 +587,8 @@ class Onboarding:
     def reconcile(self) -> ReconcileReport:
         """The listener's periodic pass: missing join tokens retried, then ``advance_nodes``.
 
-        A token is retried where issuing it failed (``last_error``), or where none was recorded
+        A token is retried where issuing it failed (a ``last_error`` of ``TOKEN_ERROR_PREFIX``; an
+        onboarding run's error is left alone: its provider has a token), or where none was recorded
         ``TOKEN_RETRY_AFTER_S`` after the approval (its listener died in between): sooner, another
         listener of the group may still be issuing it, and the provider would be answered twice.
 
@@ -592,7 +601,7 @@ class Onboarding:
         now = self.clock()
         unreachable = False
         for record in self.store.list([Status.APPROVED]):
-            needs_token = record.last_error or (
+            needs_token = is_token_error(record.last_error) or (
                 not record.token_id and now - (record.approved_at or 0) >= TOKEN_RETRY_AFTER_S
             )
             if not needs_token:
