@@ -73,7 +73,7 @@ MAX_READABLE_ID_PROBE = 65536
 TOKEN_RETRY_AFTER_S = 60.0
 # How a failure to issue a join token begins in ``last_error``: the reconcile retries those only (an
 # onboarding run's error, recorded by its playbook, stays until the next run or the node appears).
-TOKEN_ERROR_PREFIX = "token: "
+TOKEN_ERROR_PREFIX = "token: "  # noqa: S105 - a message prefix, no credential
 
 
 class Cluster(NodeWriter, Protocol):
