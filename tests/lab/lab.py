@@ -37,7 +37,9 @@ Kube mode (``Lab(kube=True)``): hosts that install REAL packages and run a real 
   ``/sys/fs/cgroup``, which shows the same hierarchies, even when the lab's process died;
 - ``/proc/sys`` is read-only but for ``net`` (namespaced) and the host name, and the global sysctls the
   kubelet sets are regular files bound over their ``/proc/sys`` entries: this machine's kernel settings
-  never change;
+  never change, but for one: the kubelets all run as root against one inotify instance limit, so while kube
+  labs run ``fs.inotify.max_user_instances`` is raised for them (``fit_inotify_limit``) and the machine's
+  value is put back when the last one stops (or is swept);
 - a CNI conflist (bridge ``cni0``, ``10.244.<index>.0/24``), ``/etc/worldland-lab/standin.env`` for the
   stand-in wrappers that lab-built packages ship, a fake PCI tree from the host's GPU plan under
   ``/opt/worldland-lab/sys``, and the device-plugin stand-in (``standins/device_plugin.py``, when present)
