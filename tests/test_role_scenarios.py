@@ -9,7 +9,13 @@ role's.
 - kubernetes_node (containerd first, in prepare.yml): kubelet and kubeadm v1.32.13 held, kernel modules and
   sysctls through the lab's stand-ins, the kubelet's flags;
 - kubeadm_join (the three roles before it, then the provider registered and approved, in prepare.yml): a
-  real kubeadm join; the node Ready in the real kube-apiserver.
+  real kubeadm join; the node Ready in the real kube-apiserver;
+- apt_source: the lab's signed repository as one source, its key fetched by URL; apt reads it;
+- audit_cron (Debian's real cron and the role's user, in prepare.yml): the crontab entry and the Redis URL
+  line as the real crontab writes them, the log and lock directories; the entry run as cron runs it;
+- kubeadm_reset (what kubeadm_join's prepares, then the join, in prepare.yml): the kubelet stopped and
+  disabled, a real kubeadm reset; the join's files, the CNI configuration and state, the kubelet's directory
+  and the iptables rules gone, the packages kept.
 
 The selected scenarios run two at a time (``WORLDLAND_MOLECULE_JOBS``), longest first: each is mostly
 waiting on SSH round trips, package scripts and the apiserver, so two share this machine's cores well.
@@ -44,9 +50,15 @@ from tests.lab.onboarding import running
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-# in the order onboard.yml runs them
-SCENARIOS = ("nvidia_driver", "container_runtime", "kubernetes_node", "kubeadm_join")
-LONGEST_FIRST = ("kubeadm_join", "kubernetes_node", "container_runtime", "nvidia_driver")
+# in the order onboard.yml runs them, then the roles the others include or that run elsewhere
+SCENARIOS = (
+    "nvidia_driver", "container_runtime", "kubernetes_node", "kubeadm_join", "apt_source", "audit_cron",
+    "kubeadm_reset",
+)  # fmt: skip
+LONGEST_FIRST = (
+    "kubeadm_reset", "kubeadm_join", "kubernetes_node", "container_runtime", "nvidia_driver", "audit_cron",
+    "apt_source",
+)  # fmt: skip
 JOBS = int(os.environ.get("WORLDLAND_MOLECULE_JOBS", "2"))
 ENV = {"ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0", "PY_COLORS": "0", "NO_COLOR": "1"}
 TEST = "test_the_role_scenario_passes_and_leaves_nothing"
