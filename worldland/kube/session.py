@@ -118,7 +118,7 @@ class TokenFile:
                 if token:
                     configuration.api_key["BearerToken"] = f"bearer {token}"
                     self._seen = seen
-        except OSError:
+        except (OSError, UnicodeDecodeError):  # the kubelet mid-swap, or not a token: keep the last one
             return
 
 
