@@ -107,10 +107,17 @@ class Demo:
     def record(self, host: Any) -> Any:
         return self.fleet.store.require(self.provider_of(host))
 
+    def records(self) -> dict[str, Any]:
+        """Host name -> its provider's record, for the hosts whose registration is stored (one read)."""
+        by_id = {
+            r.provider_id: r for r in self.fleet.store.get_many([self.provider_of(h) for h in self.hosts])
+        }
+        return {h.name: by_id[self.provider_of(h)] for h in self.hosts if self.provider_of(h) in by_id}
+
     def statuses(self) -> dict[str, str]:
         """Each host's provider status ("unknown" until the listener has stored its registration)."""
-        records = {h.name: self.fleet.store.get(self.provider_of(h)) for h in self.hosts}
-        return {name: record.status.value if record else "unknown" for name, record in records.items()}
+        records = self.records()
+        return {h.name: records[h.name].status.value if h.name in records else "unknown" for h in self.hosts}
 
     def listener_log(self, lines: int = 6) -> str:
         path = self.workdir / "listener.log"
@@ -390,13 +397,11 @@ class Demo:
             return False
 
     def all_approved(self) -> bool:
-        states = self.statuses()
-        refused = {
-            h: self.record(self.env.lab.host(h)).status_reason for h, s in states.items() if s == "rejected"
-        }
+        records = self.records()
+        refused = {h: r.status_reason for h, r in records.items() if r.status.value == "rejected"}
         if refused:
             raise DemoError(f"the policy rejected providers: {refused}")
-        return set(states.values()) == {"approved"}
+        return len(records) == len(self.hosts) and {r.status.value for r in records.values()} == {"approved"}
 
     def answer(self, provider_id: str) -> dict[str, Any]:
         """The newest answer on the provider's response stream (what its agent read)."""
@@ -473,7 +478,7 @@ class Demo:
                 result = {}
             if proc.returncode == 0:
                 break
-            records = {h.name: self.record(h) for h in self.hosts}
+            records = self.records()
             errors = {name: rec.last_error for name, rec in records.items() if rec.last_error}
             left = [name for name, rec in records.items() if rec.status.value == "approved"]
             if attempt == 2 or not left:
